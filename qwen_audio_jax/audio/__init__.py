@@ -1,0 +1,1 @@
+"""Audio front-end: reading, resampling, log-mel features, SpecAugment, length bookkeeping."""

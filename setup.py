@@ -1,0 +1,41 @@
+"""qwen_audio_jax: a JAX/Flax training stack for Qwen-Audio and Qwen2-Audio."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="qwen_audio_jax",
+    version="0.1.0",
+    description="JAX/Flax training stack for Qwen-Audio audio-language models",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["qwen_audio_jax", "qwen_audio_jax.*"]),
+    include_package_data=True,
+    package_data={"qwen_audio_jax": ["data/demo/**/*", "data/demo/*"]},
+    install_requires=[
+        "jax>=0.10.2",
+        "flax>=0.12.8",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8",
+        "grain>=0.2.18",
+        "numpy>=2.0",
+        "soundfile>=0.14.0",
+        "soxr>=1.1.0",
+        "ml-collections>=1.1.0",
+        "tiktoken>=0.14.0",
+        "safetensors>=0.8.0",
+        "tqdm>=4.70.0",
+        "absl-py>=2.5.0",
+        "etils>=1.15.0",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8.0",
+            "pytest-xdist>=3.8.0",
+            "hypothesis>=6.170.0",
+            "transformers>=5.24.0",
+            "torch==2.13.0",
+            "dashscope>=2.0.2",
+        ],
+    },
+)
