@@ -1,0 +1,146 @@
+"""One table maps logical axis names onto the device mesh.
+
+Every parameter and key activation of the model is annotated with logical axis names ('embed',
+'heads', 'act_batch', ...). `LOGICAL_AXIS_RULES` is the single place that says which mesh axis
+('data', 'fsdp', 'tensor') each name is split over. Resolution drops a mesh axis from a dimension
+it does not divide evenly (the released vocabularies, e.g. 155,947 rows, divide by nothing), so a
+rules table written for large meshes still works on any mesh: the dimension is then replicated
+along that axis instead of failing.
+"""
+
+import contextlib
+import threading
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+
+LOGICAL_AXIS_RULES = (
+    # Activations.
+    ("act_batch", BATCH_AXES),
+    ("act_length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("act_clips", None),
+    # Parameters: fully sharded over 'fsdp' on the model width, megatron-style over 'tensor'.
+    ("vocab", "tensor"),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("mel", None),
+    ("conv_window", None),
+    ("positions", None),
+    ("bos_eos", None),
+)
+
+
+def make_mesh(shape: Sequence[int], devices: Optional[Sequence[Any]] = None) -> Mesh:
+  """A ('data', 'fsdp', 'tensor') mesh; one entry of `shape` may be -1 to take the rest."""
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  shape = list(shape)
+  if len(shape) != len(MESH_AXES):
+    raise ValueError(f"mesh shape {shape} must have {len(MESH_AXES)} entries {MESH_AXES}")
+  if shape.count(-1) > 1:
+    raise ValueError(f"mesh shape {shape}: at most one entry may be -1")
+  known = int(np.prod([s for s in shape if s != -1]))
+  if -1 in shape:
+    if devices.size % known:
+      raise ValueError(f"mesh shape {shape}: {devices.size} devices are not divisible by {known}")
+    shape[shape.index(-1)] = devices.size // known
+  if int(np.prod(shape)) != devices.size:
+    raise ValueError(
+        f"mesh shape {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, "
+        f"{devices.size} are available")
+  return Mesh(devices.reshape(shape), MESH_AXES)
+
+
+def _mesh_axes_for(name, rules):
+  for logical, mesh_axes in rules:
+    if logical == name:
+      if mesh_axes is None:
+        return ()
+      return (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes)
+  if name is None:
+    return ()
+  raise ValueError(f"logical axis {name!r} has no entry in the sharding rules")
+
+
+def logical_to_spec(logical_axes: Sequence[Optional[str]], shape: Sequence[int], mesh: Mesh,
+                    rules=LOGICAL_AXIS_RULES) -> PartitionSpec:
+  """PartitionSpec for an array of `shape`, keeping only mesh axes that divide each dimension.
+
+  A mesh axis is used at most once per array (the first dimension that asks for it wins).
+  """
+  if len(logical_axes) != len(shape):
+    raise ValueError(f"logical axes {tuple(logical_axes)} do not match shape {tuple(shape)}")
+  used = set()
+  spec = []
+  for name, size in zip(logical_axes, shape):
+    kept = []
+    for axis in _mesh_axes_for(name, rules):
+      if axis in used or axis not in mesh.shape:
+        continue
+      split = int(np.prod([mesh.shape[a] for a in kept + [axis]]))
+      if size % split == 0:
+        kept.append(axis)
+    used.update(kept)
+    spec.append(None if not kept else (kept[0] if len(kept) == 1 else tuple(kept)))
+  return PartitionSpec(*spec)
+
+
+def param_shardings(abstract_params, mesh: Mesh, rules=LOGICAL_AXIS_RULES):
+  """NamedShardings for a tree of (possibly boxed) abstract parameters from `jax.eval_shape`."""
+  logical = nn.get_partition_spec(abstract_params)
+  unboxed = nn.unbox(abstract_params)
+
+  def one(spec, leaf):
+    names = tuple(spec) if spec is not None else (None,) * len(leaf.shape)
+    names = names + (None,) * (len(leaf.shape) - len(names))
+    return NamedSharding(mesh, logical_to_spec(names, leaf.shape, mesh, rules))
+
+  return jax.tree.map(one, logical, unboxed,
+                      is_leaf=lambda x: isinstance(x, PartitionSpec) or x is None)
+
+
+class _Context(threading.local):
+  mesh: Optional[Mesh] = None
+  rules = LOGICAL_AXIS_RULES
+
+
+_CONTEXT = _Context()
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh: Optional[Mesh], rules=LOGICAL_AXIS_RULES):
+  """Within this context, `constrain` pins activations to `mesh` (trace the step inside it)."""
+  previous = (_CONTEXT.mesh, _CONTEXT.rules)
+  _CONTEXT.mesh, _CONTEXT.rules = mesh, rules
+  try:
+    yield
+  finally:
+    _CONTEXT.mesh, _CONTEXT.rules = previous
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[Optional[str]]) -> jax.Array:
+  """Sharding constraint by logical names; a no-op outside `activation_sharding`."""
+  mesh = _CONTEXT.mesh
+  if mesh is None:
+    return x
+  spec = logical_to_spec(logical_axes, x.shape, mesh, _CONTEXT.rules)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+  """Sharding of a batch array: leading dimension over the batch axes, the rest replicated."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
