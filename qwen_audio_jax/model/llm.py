@@ -64,8 +64,8 @@ class DecoderBlock(nn.Module):
     v = sharding.constrain(v, ("act_batch", "act_length", "act_kv_heads", None))
 
     if self.decode:
-      cached_k = self.variable("cache", "key", jnp.zeros, (), k.dtype)
-      cached_v = self.variable("cache", "value", jnp.zeros, (), v.dtype)
+      cached_k = self.variable("cache", "cached_key", jnp.zeros, (), k.dtype)
+      cached_v = self.variable("cache", "cached_value", jnp.zeros, (), v.dtype)
       start = (0, cache_index, 0, 0)
       cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype),
                                                     start)
@@ -88,6 +88,29 @@ class DecoderBlock(nn.Module):
     return sharding.constrain(x, ("act_batch", "act_length", "act_embed")), None
 
 
+class DecodeState(nn.Module):
+  """Bookkeeping of the KV cache shared by all layers: write index, segment ids, NTK factor."""
+  seq_length: int
+
+  @nn.compact
+  def __call__(self, segment_ids):
+    """Appends `segment_ids` [B, T]; returns (cache index, all cached segment ids, NTK alpha)."""
+    if not self.has_variable("cache", "segment_ids"):
+      raise ValueError("decode=True needs a cache: pass {'cache': model.init_cache(...)} and "
+                       "mutable=['cache']")
+    segments = self.variable("cache", "segment_ids", jnp.zeros, (), jnp.int32)
+    index = self.variable("cache", "index", jnp.zeros, (), jnp.int32)
+    alpha = self.variable("cache", "ntk_alpha", jnp.ones, (), jnp.float32)
+    start = index.value
+    segments.value = jax.lax.dynamic_update_slice(
+        segments.value, segment_ids.astype(jnp.int32), (0, start))
+    # The NTK factor is fixed at prefill from each row's true length, as in the reference.
+    prefill_alpha = ntk_alpha(jnp.sum(segment_ids != 0, axis=1), self.seq_length)
+    alpha.value = jnp.where(start == 0, prefill_alpha, alpha.value)
+    index.value = start + segment_ids.shape[1]
+    return start, segments.value, alpha.value
+
+
 class QwenLM(nn.Module):
   """Decoder-only LLM. `embed` turns ids into input embeddings (the audio splice happens between
   the two calls); `__call__` runs the blocks over embeddings and returns logits."""
@@ -104,6 +127,7 @@ class QwenLM(nn.Module):
     self.layers = LayerStack(DecoderBlock, cfg.depth, self.config.scan_layers,
                              self.config.remat_policy, {"config": self.config})
     self.final_norm = RMSNorm(cfg.rms_norm_eps, dtype_of(self.config.dtype), pdtype)
+    self.decode_state = DecodeState(cfg.seq_length)
 
   def embed(self, input_ids):
     x = jnp.take(self.embedding, input_ids, axis=0).astype(dtype_of(self.config.dtype))
@@ -128,24 +152,10 @@ class QwenLM(nn.Module):
     index = jnp.broadcast_to(jnp.arange(length)[None, :], (batch, length))
     cache_index = None
     if decode:
-      if not self.has_variable("cache", "segment_ids"):
-        raise ValueError("decode=True needs a cache: call init_cache first and pass "
-                         "mutable=['cache']")
-      cache_segments = self.variable("cache", "segment_ids", jnp.zeros, (), jnp.int32)
-      cache_pos = self.variable("cache", "index", jnp.zeros, (), jnp.int32)
-      cache_alpha = self.variable("cache", "ntk_alpha", jnp.ones, (batch,), jnp.float32)
-      cache_index = cache_pos.value
-      cache_segments.value = jax.lax.dynamic_update_slice(
-          cache_segments.value, segment_ids.astype(jnp.int32), (0, cache_index))
-      kv_segments = cache_segments.value
+      cache_index, kv_segments, alpha = self.decode_state(segment_ids)
       kv_index = jnp.broadcast_to(jnp.arange(kv_segments.shape[1])[None, :], kv_segments.shape)
       mask = attention.causal_segment_mask(segment_ids, kv_segments, index + cache_index,
                                            kv_index)
-      # The NTK factor is fixed at prefill from each row's true length, as in the reference.
-      prefill_alpha = ntk_alpha(jnp.sum(segment_ids != 0, axis=1), cfg.seq_length)
-      cache_alpha.value = jnp.where(cache_index == 0, prefill_alpha, cache_alpha.value)
-      alpha = cache_alpha.value
-      cache_pos.value = cache_index + length
     else:
       mask = attention.causal_segment_mask(segment_ids, segment_ids, index, index)
       alpha = ntk_alpha(jnp.sum(segment_ids != 0, axis=1), cfg.seq_length)
@@ -165,13 +175,15 @@ def init_cache(config: QwenAudioConfig, batch_size: int, max_length: int):
   dtype = dtype_of(config.dtype)
   kv_shape = (cfg.depth, batch_size, max_length, cfg.kv_heads, cfg.head_dim)
   if config.scan_layers:
-    layers = {"block": {"key": jnp.zeros(kv_shape, dtype), "value": jnp.zeros(kv_shape, dtype)}}
+    layers = {"block": {"cached_key": jnp.zeros(kv_shape, dtype), "cached_value": jnp.zeros(kv_shape, dtype)}}
   else:
-    layers = {f"block_{i}": {"key": jnp.zeros(kv_shape[1:], dtype),
-                             "value": jnp.zeros(kv_shape[1:], dtype)} for i in range(cfg.depth)}
+    layers = {f"block_{i}": {"cached_key": jnp.zeros(kv_shape[1:], dtype),
+                             "cached_value": jnp.zeros(kv_shape[1:], dtype)} for i in range(cfg.depth)}
   return {
-      "segment_ids": jnp.zeros((batch_size, max_length), jnp.int32),
-      "index": jnp.zeros((), jnp.int32),
-      "ntk_alpha": jnp.ones((batch_size,), jnp.float32),
+      "decode_state": {
+          "segment_ids": jnp.zeros((batch_size, max_length), jnp.int32),
+          "index": jnp.zeros((), jnp.int32),
+          "ntk_alpha": jnp.ones((batch_size,), jnp.float32),
+      },
       "layers": layers,
   }
