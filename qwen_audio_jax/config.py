@@ -109,12 +109,16 @@ QWEN_AUDIO_7B = QwenAudioConfig(
     dtype="bfloat16",
 )
 
-# Qwen2-Audio-7B (transformers' Qwen2AudioConfig of the release).
+# Qwen2-Audio-7B as released: its config.json gives the text model only vocab_size 156032,
+# intermediate_size 11008 and rms_norm_eps 1e-5, so transformers fills the rest with Qwen2Config's
+# defaults: 32 layers, width 4096, 32 heads, 32 KV heads (no grouping) -- the Qwen-7B shape the
+# Qwen2-Audio report names as its LLM. The checkpoint's tensors have these shapes
+# (multi_modal_projector 1280 -> 4096); the preset follows the checkpoint.
 QWEN2_AUDIO_7B = QwenAudioConfig(
-    encoder=EncoderConfig(n_mels=128, output_dim=3584, audio_bos_eos=False,
+    encoder=EncoderConfig(n_mels=128, output_dim=4096, audio_bos_eos=False,
                           cut_mel_to_batch_max=False),
-    llm=LLMConfig(vocab_size=156032, width=3584, depth=28, heads=28, kv_heads=4, head_dim=128,
-                  mlp_dim=18944, rms_norm_eps=1e-5, rope_theta=10000.0, seq_length=8192),
+    llm=LLMConfig(vocab_size=156032, width=4096, depth=32, heads=32, kv_heads=32, head_dim=128,
+                  mlp_dim=11008, rms_norm_eps=1e-5, rope_theta=10000.0, seq_length=8192),
     dtype="bfloat16",
 )
 

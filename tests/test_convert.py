@@ -301,6 +301,10 @@ def test_sparse_qwen2_audio_config_takes_transformers_defaults():
   assert (llm.mlp_dim, llm.vocab_size, llm.rms_norm_eps) == (11008, 156032, 1e-5)
   assert config.encoder.output_dim == 4096 and config.encoder.n_mels == 128
   assert config.param_dtype == "bfloat16"
+  # ... which is the qwen2_audio_7b preset, field for field.
+  from qwen_audio_jax.config import QWEN2_AUDIO_7B  # pylint: disable=g-import-not-at-top
+  assert config.llm == QWEN2_AUDIO_7B.llm
+  assert config.encoder == QWEN2_AUDIO_7B.encoder
 
 
 # ----------------------------------------------------------------------------- Orbax format

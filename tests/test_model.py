@@ -74,19 +74,29 @@ def test_qwen_audio_7b_parameter_count_matches_official_layout():
   assert 6.3e8 < counts["audio_encoder"] < 6.5e8  # "encoder about 640M"
 
 
+# The text_config of the released Qwen2-Audio-7B config.json, key for key; everything else comes
+# from transformers' defaults, exactly as when the release is loaded.
+RELEASED_QWEN2_AUDIO_TEXT_CONFIG = dict(
+    model_type="qwen2", vocab_size=156032, intermediate_size=11008, rms_norm_eps=1e-5,
+    max_position_embeddings=8192, use_mrope=False, bos_token_id=151643, eos_token_id=151645)
+
+
 def test_qwen2_audio_7b_parameter_count_matches_transformers():
   from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
   ours = C.QWEN2_AUDIO_7B
   hf_config = Qwen2AudioConfig(
       audio_config=dict(num_mel_bins=128, encoder_layers=32, d_model=1280,
                         encoder_attention_heads=20, encoder_ffn_dim=5120),
-      text_config=dict(model_type="qwen2", vocab_size=156032, hidden_size=3584,
-                       intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-                       num_key_value_heads=4, rms_norm_eps=1e-5, tie_word_embeddings=False))
+      text_config=dict(RELEASED_QWEN2_AUDIO_TEXT_CONFIG))
+  text = hf_config.text_config
+  assert (text.hidden_size, text.num_hidden_layers, text.num_attention_heads,
+          text.num_key_value_heads) == (ours.llm.width, ours.llm.depth, ours.llm.heads,
+                                        ours.llm.kv_heads)
   with torch.device("meta"):
     reference = Qwen2AudioForConditionalGeneration(hf_config)
   expected = sum(p.numel() for p in reference.parameters())
   assert count_params(ours)["total"] == expected
+  assert 8.3e9 < expected < 8.5e9  # the release's "8.4B parameters"
 
 
 def test_bad_config_names_the_field():
