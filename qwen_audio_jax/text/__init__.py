@@ -1,0 +1,1 @@
+"""Text side of Qwen-Audio: the tokenizer, the multitask tag format (stage 1), ChatML (stage 2)."""
