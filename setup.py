@@ -27,6 +27,7 @@ setup(
         "tqdm>=4.70.0",
         "absl-py>=2.5.0",
         "etils>=1.15.0",
+        "tensorboardX>=2.6.5",
     ],
     extras_require={
         "test": [
@@ -36,6 +37,7 @@ setup(
             "transformers>=5.24.0",
             "torch==2.13.0",
             "dashscope>=2.0.2",
+            "tensorflow-datasets>=4.9.10",
         ],
     },
 )

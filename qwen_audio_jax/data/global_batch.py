@@ -1,0 +1,87 @@
+"""Per-process numpy batches -> global jax.Arrays sharded over the mesh's batch axes.
+
+Every process builds rows_per_batch = batch_size / process_count rows; the global array stacks
+them in process order along the batch dimension, which is split over ('data', 'fsdp'). The text
+length S of a batch is a bucket chosen from the process's own rows, so before building the global
+arrays the processes agree on the largest S and pad to it (one tiny all-gather per step, skipped
+when there is a single process). A finite stream (evaluation) can end after a different number of
+batches on each process; `global_batches` keeps every process stepping, with padding batches,
+until all have run out, so that no process waits forever in a collective.
+"""
+
+from typing import Callable, Dict, Iterator, Mapping
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from qwen_audio_jax import sharding
+from qwen_audio_jax.data.batching import PAD_TASK_ID, TEXT_KEYS
+
+
+def pad_text_length(batch: Mapping[str, np.ndarray], text_length: int) -> Dict[str, np.ndarray]:
+  """The batch with its [B, S] text arrays padded to `text_length` (padding: segment 0)."""
+  current = batch["input_ids"].shape[1]
+  if text_length < current:
+    raise ValueError(f"cannot pad a batch of text length {current} down to {text_length}")
+  out = dict(batch)
+  if text_length == current:
+    return out
+  for key in TEXT_KEYS:
+    fill = PAD_TASK_ID if key == "task_ids" else 0
+    out[key] = np.pad(batch[key], ((0, 0), (0, text_length - current)), constant_values=fill)
+  return out
+
+
+def agree_on_text_length(batch: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """Pads every process's batch to the largest text length among the processes."""
+  if jax.process_count() == 1:
+    return dict(batch)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  lengths = multihost_utils.process_allgather(np.asarray([batch["input_ids"].shape[1]],
+                                                         np.int32))
+  return pad_text_length(batch, int(np.max(lengths)))
+
+
+def make_global_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> Dict[str, jax.Array]:
+  """Global jax.Arrays from this process's batch, batch dimension over ('data', 'fsdp')."""
+  batch = agree_on_text_length(batch)
+  shards = int(np.prod([mesh.shape[a] for a in sharding.BATCH_AXES if a in mesh.shape]))
+  rows = batch["input_ids"].shape[0] * jax.process_count()
+  if rows % shards:
+    raise ValueError(f"global batch of {rows} rows cannot be split over the mesh's batch axes "
+                     f"{sharding.BATCH_AXES} ({shards} shards): make data.batch_size a "
+                     f"multiple of {shards}")
+  return {key: jax.make_array_from_process_local_data(
+      sharding.batch_sharding(mesh, np.ndim(value)), np.asarray(value))
+          for key, value in batch.items()}
+
+
+def _every_process(flag: bool) -> bool:
+  """True when `flag` is True on every process."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.all(multihost_utils.process_allgather(np.asarray([flag]))))
+
+
+def global_batches(local_batches: Iterator[Mapping[str, np.ndarray]], mesh: Mesh, *,
+                   padding_batch: Callable[[], Dict[str, np.ndarray]]
+                   ) -> Iterator[Dict[str, jax.Array]]:
+  """Global batches until every process's local stream has ended.
+
+  A process whose stream has ended contributes `padding_batch()` (all segment ids 0: no loss, no
+  metric) while the others still have data.
+  """
+  exhausted = False
+  while True:
+    if not exhausted:
+      try:
+        local = next(local_batches)
+      except StopIteration:
+        exhausted = True
+    if exhausted:
+      local = padding_batch()
+    if _every_process(exhausted):
+      return
+    yield make_global_batch(local, mesh)
