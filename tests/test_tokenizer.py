@@ -17,8 +17,8 @@ from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.text import tokenizer as tokenizer_lib
 from qwen_audio_jax.text.tokenizer import QwenAudioTokenizer, TokenizerError
 
-PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
-           r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
+PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
+           r""" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
 
 
 def spec_special_tokens():
@@ -67,6 +67,12 @@ def test_special_ids_match_spec(tok, reference):
   assert (tok.im_start_id, tok.im_end_id) == (151644, 151645)
   assert tok.special_id("<|0.00|>") == 151871 and tok.special_id("<|30.00|>") == 151871 + 3000
   assert tok.vocab_size == 155165 == max(specials.values()) + 1
+  assert len(tok.special_ids) == 3522 == len(specials)
+  assert tok.special_id("<|midi_pitch_0|>") == 154891
+  assert tok.special_id("<|midi_velocity_127|>") == 155147
+  assert tok.special_id("<|wo_itn|>") == 154877
+  with pytest.raises(KeyError, match="not a special token"):
+    tok.special_id("<|startoftranscription|>")
 
 
 def test_pinned_ids_of_the_released_vocabulary(tok):
@@ -78,47 +84,49 @@ def audio_ids(n_samples):
   return [155163] + [151851] * lengths.audio_tokens(n_samples) + [155164]
 
 
-# (prompt, number of samples of each clip)
+# (prompt, number of samples of each clip): every tag family, timestamps, chat, the README quirk,
+# non-ASCII text. The multitask prompts are those of Qwen-Audio's released evaluation scripts.
 GOLDEN_PROMPTS = [
-    ("<audio>a.wav</audio><|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|><|wo_itn|>",
-     [16000]),
-    ("<audio>a.wav</audio><|startoftranscript|><|zh|><|transcribe|><|zh|><|notimestamps|><|itn|>",
-     [480000]),
+    ("<audio>a.wav</audio><|startoftranscript|><|en|><|transcribe|><|en|><|notimestamps|>"
+     "<|wo_itn|>", [16000]),
+    ("<audio>a.wav</audio><|startoftranscript|><|zh|><|transcribe|><|zh|><|notimestamps|><|itn|>"
+     "今天天气很好，我们去公园吧。<|endoftext|>", [480000]),
     ("<audio>a.wav</audio><|startoftranscription|><|en|><|transcribe|><|en|><|notimestamps|>"
      "<|wo_itn|>", [32000]),  # the official README's spelling: not a special token
-    ("<audio>a.wav</audio><|startoftranscript|><|en|><|transcribe|><|en|><|timestamps|><|wo_itn|>"
+    ("<audio>a.wav</audio><|startoftranscript|><|en|><|transcribe|><|en|><|timestamps|>"
      "<|0.00|>hello<|0.48|><|0.52|> world<|0.90|><|endoftext|>", [16000]),
-    ("<audio>a.wav</audio><|startoftranscript|><|en|><|translate|><|de|><|notimestamps|><|wo_itn|>"
-     "Grüße aus München<|endoftext|>", [48000]),
-    ("<audio>a.wav</audio><|startoftranscript|><|en|><|translate|><|zh|><|notimestamps|><|wo_itn|>"
+    ("<audio>a.wav</audio><|startoftranscript|><|zh|><|transcribe|><|zh|><|timestamps|>"
+     "<|0.00|>你好<|0.40|><|0.41|>世界<|29.99|><|endoftext|>", [480000]),
+    ("<audio>a.wav</audio><|startoftranscript|><|en|><|translate|><|de|><|notimestamps|><|itn|>"
+     "Grüße aus München, Straße 12.<|endoftext|>", [48000]),
+    ("<audio>a.wav</audio><|startoftranscript|><|en|><|translate|><|zh|><|notimestamps|><|itn|>"
      "今天天气很好。<|endoftext|>", [48000]),
     ("<audio>b.flac</audio><|startofanalysis|><|unknown|><|caption|><|en|><|notimestamps|>"
      "<|caption_audiocaps|>A dog barks twice.<|endoftext|>", [80000]),
     ("<audio>b.flac</audio><|startofanalysis|><|unknown|><|caption|><|en|><|notimestamps|>"
      "<|caption_clotho|>Rain falls on a tin roof.<|endoftext|>", [80000]),
-    ("<audio>c.wav</audio><|startofanalysis|><|unknown|><|event|><|en|><|notimestamps|>"
+    ("<audio>c.wav</audio><|startofanalysis|><|unknown|><|keyword|><|en|><|notimestamps|><|event|>"
      "Dog<|delim|>Vehicle horn, car horn, honking<|endoftext|>", [160000]),
-    ("<audio>c.wav</audio><|startofanalysis|><|unknown|><|scene|><|en|><|notimestamps|>"
+    ("<audio>c.wav</audio><|startofanalysis|><|unknown|><|keyword|><|en|><|notimestamps|><|scene|>"
      "metro station<|endoftext|>", [160000]),
-    ("<audio>c.wav</audio><|startofanalysis|><|en|><|emotion_recognition|><|en|><|notimestamps|>"
-     "happy<|endoftext|>", [24000]),
-    ("<audio>c.wav</audio><|startofanalysis|><|unknown|><|vocal_classification|><|en|>"
-     "<|notimestamps|>cough<|endoftext|>", [8000]),
-    ("<audio>d.wav</audio><|startofanalysis|><|unknown|><|question|><|en|><|notimestamps|>"
-     "How many beeps are there?<|choice|>two<|choice|>three<|answer|>three<|endoftext|>",
-     [64000]),
-    ("<audio>d.wav</audio><|startofanalysis|><|en|><|speech_understanding|><|en|><|notimestamps|>"
-     "<|scenario|>alarm<|action|>set<|entities|><|startofentitytype|>time<|endofentitytype|>"
-     "<|startofentityvalue|>seven am<|endofentityvalue|><|endoftext|>", [64000]),
-    ("<audio>e.wav</audio><|startofanalysis|><|unknown|><|note_analysis|><|en|><|notimestamps|>"
-     "<|pitch|><|midi_pitch_60|><|velocity|><|midi_velocity_100|><|instrument|>keyboard"
-     "<|sonic|>bright<|delim|>percussive<|endoftext|>", [64000]),
-    ("<audio>e.wav</audio><|startofanalysis|><|en|><|speaker_meta|><|en|><|notimestamps|>"
-     "female, twenties<|endoftext|>", [64000]),
-    ("<audio>e.wav</audio><|startofanalysis|><|unknown|><|song_meta|><|en|><|notimestamps|>"
-     "genre: jazz<|endoftext|>", [64000]),
-    ("<audio>e.wav</audio><|startofanalysis|><|unknown|><|music_description|><|en|>"
-     "<|notimestamps|>A slow piano ballad.<|endoftext|>", [64000]),
+    ("<audio>c.wav</audio><|startofanalysis|><|en|><|keyword|><|en|><|notimestamps|>"
+     "<|emotion_recognition|>happy<|endoftext|>", [24000]),
+    ("<audio>c.wav</audio><|startofanalysis|><|en|><|keyword|><|en|><|notimestamps|>"
+     "<|vocal_classification|>cough<|endoftext|>", [8000]),
+    ("<audio>d.wav</audio><|startofanalysis|><|en|><|question|>How many beeps are there?"
+     "<|choice|>two<|choice|>three<|answer|>three<|endoftext|>", [64000]),
+    ("<audio>d.wav</audio><|startofanalysis|><|en|><|keyword|><|en|><|notimestamps|>"
+     "<|speech_understanding|><|scenario|>alarm<|action|>set<|entities|><|startofentitytype|>time"
+     "<|endofentitytype|><|startofentityvalue|>seven am<|endofentityvalue|><|endoftext|>", [64000]),
+    ("<audio>e.wav</audio><|startofanalysis|><|unknown|><|keyword|><|en|><|notimestamps|>"
+     "<|note_analysis|><|pitch|><|midi_pitch_60|><|velocity|><|midi_velocity_127|><|instrument|>"
+     "keyboard<|sonic|>bright, percussive<|endoftext|>", [64000]),
+    ("<audio>e.wav</audio><|startofanalysis|><|de|><|keyword|><|en|><|notimestamps|>"
+     "<|speaker_meta|>female, twenties<|endoftext|>", [64000]),
+    ("<audio>e.wav</audio><|startofanalysis|><|unknown|><|keyword|><|en|><|notimestamps|>"
+     "<|song_meta|>genre: jazz<|endoftext|>", [64000]),
+    ("<audio>e.wav</audio><|startofanalysis|><|unknown|><|caption|><|en|><|notimestamps|>"
+     "<|music_description|>A slow piano ballad.<|endoftext|>", [64000]),
     ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
      "Audio 1:<audio>x.wav</audio>\nWhat does the speaker say?<|im_end|>\n<|im_start|>assistant\n"
      "She says hello.<|im_end|>", [40000]),
@@ -203,6 +211,23 @@ def test_decode_round_trips_any_text(tok, text):
   assert tok.decode(tok.encode(text)) == normal
 
 
+FRAGMENTS = ["<|", "|>", "<", ">", "|", "[[[", "]]]", "<|en|>", "<|endoftext|>", "<|0.50|>",
+             "<|30.01|>", "<|foo|>", "[[[AUDIO:modality]]]", "</audio>", "<audio", "audio>",
+             "<|midi_pitch_7|>", " ", "\n", "Grüße", "你好", "a", "1", "'s"]
+
+
+@hypothesis.settings(max_examples=300, deadline=None)
+@hypothesis.given(st.lists(st.sampled_from(FRAGMENTS), max_size=12),
+                  st.sets(st.sampled_from(["<|en|>", "<|endoftext|>", "<|0.50|>"])))
+def test_special_splitting_matches_tiktoken(tok, reference, fragments, allowed):
+  """Special tokens are found exactly where tiktoken finds them, for any allowed subset."""
+  encoding, _ = reference
+  text = "".join(fragments)
+  assert tok.encode_text(text) == encoding.encode(text, allowed_special="all")
+  assert tok.encode_text(text, allowed) == encoding.encode(text, allowed_special=allowed,
+                                                           disallowed_special=())
+
+
 def test_load_from_directory_file_and_errors(tmp_path, monkeypatch):
   source = tokenizer_lib.dashscope_vocab_file()
   directory = tmp_path / "ckpt"
@@ -210,7 +235,7 @@ def test_load_from_directory_file_and_errors(tmp_path, monkeypatch):
   (directory / "qwen.tiktoken").write_bytes(open(source, "rb").read())
   assert QwenAudioTokenizer.load(str(directory)).encode("Hello world") == [9707, 1879]
   assert QwenAudioTokenizer.load(str(directory / "qwen.tiktoken")).vocab_size == 155165
-  with pytest.raises(TokenizerError, match="has no qwen.tiktoken"):
+  with pytest.raises(TokenizerError, match="neither qwen.tiktoken"):
     QwenAudioTokenizer.load(str(tmp_path))
   with pytest.raises(TokenizerError, match="does not exist"):
     QwenAudioTokenizer.load(str(tmp_path / "missing.tiktoken"))
@@ -230,32 +255,53 @@ def test_pickles_by_vocabulary_path(tok):
   assert len(pickle.dumps(tok)) < 1000
 
 
-def test_transformers_tokenizer_of_a_qwen2_audio_checkpoint(tmp_path):
-  """A checkpoint directory with transformers tokenizer files (Qwen2-Audio) is read through them."""
-  from tokenizers import Tokenizer, models, pre_tokenizers  # pylint: disable=g-import-not-at-top
-  from transformers import PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top
-  words = ["hello", "world", "what", "is", "said", "?", "Ġ"]
-  vocab = {w: i for i, w in enumerate(words)}
-  vocab["[UNK]"] = len(vocab)
-  core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-  core.pre_tokenizer = pre_tokenizers.Whitespace()
-  fast = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]")
-  fast.add_special_tokens({"additional_special_tokens": [
-      "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|audio_bos|>", "<|AUDIO|>",
-      "<|audio_eos|>"]})
-  fast.save_pretrained(str(tmp_path))
-  tok = tokenizer_lib.load_tokenizer(str(tmp_path))
-  assert isinstance(tok, tokenizer_lib.HFAudioTokenizer)
-  encoded = tok.encode_with_audio("<audio>x.wav</audio>what is said", [32000])
+QWEN2_AUDIO_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>",
+                        "<|audio_bos|>", "<|audio_eos|>"]
+
+
+@pytest.fixture(scope="module")
+def qwen2_audio_dir(tmp_path_factory):
+  """A Qwen2-Audio-style checkpoint directory: transformers' Qwen2Tokenizer over the same BPE
+  ranks, converted from qwen.tiktoken offline, with Qwen2-Audio's first special tokens."""
+  # pylint: disable=g-import-not-at-top
+  from transformers import Qwen2Tokenizer
+  from transformers.convert_slow_tokenizer import TikTokenConverter
+  core = TikTokenConverter(vocab_file=tokenizer_lib.dashscope_vocab_file(), pattern=PATTERN,
+                           extra_special_tokens=QWEN2_AUDIO_SPECIALS).converted()
+  directory = tmp_path_factory.mktemp("qwen2_audio")
+  Qwen2Tokenizer(tokenizer_object=core).save_pretrained(str(directory))
+  return str(directory)
+
+
+def test_transformers_tokenizer_of_a_qwen2_audio_checkpoint(qwen2_audio_dir, tok, tmp_path):
+  """A checkpoint directory with transformers tokenizer files is read through them."""
+  hf = QwenAudioTokenizer.load(qwen2_audio_dir)
+  assert isinstance(hf, tokenizer_lib.HFAudioTokenizer)
+  # Qwen2-Audio's ids: <|AUDIO|> 151646, <|audio_bos|> 151647, <|audio_eos|> 151648.
+  assert (hf.audio_pad_id, hf.audio_start_id, hf.audio_end_id) == (151646, 151647, 151648)
+  assert (hf.eot_id, hf.im_start_id, hf.im_end_id) == (151643, 151644, 151645)
+  text = "<audio>x.wav</audio>Grüße aus München, 你好！ 12345\n\n  ok"
+  encoded = hf.encode_with_audio(text, [32000])
   n = lengths.audio_tokens(32000)
-  assert encoded.ids[:n + 2] == ([tok.audio_start_id] + [tok.audio_pad_id] * n
-                                 + [tok.audio_end_id])
-  assert encoded.ids[n + 2:] == [vocab["what"], vocab["is"], vocab["said"]]
-  assert encoded.audio_starts == [0]
-  assert tok.decode(encoded.ids, audio_paths=["x.wav"]).startswith("<audio>x.wav</audio>")
-  assert tok.decode(encoded.ids, skip_special_tokens=True).split() == ["what", "is", "said"]
+  assert encoded.ids[:n + 2] == [151647] + [151646] * n + [151648]
+  assert encoded.ids[n + 2:] == tok.encode(text.split("</audio>")[1])  # same BPE as tiktoken
+  assert encoded.audio_starts == [0] and encoded.audio_paths == ["x.wav"]
+  assert hf.decode(encoded.ids, audio_paths=encoded.audio_paths) == text
+  assert hf.decode(encoded.ids, skip_special_tokens=True) == text.split("</audio>")[1]
+  with pytest.raises(TokenizerError, match="always reads"):
+    hf.encode_text("a <|im_end|> b", allowed_special=frozenset())
+  with pytest.raises(KeyError):
+    hf.special_id("<|startoftranscript|>")
   # Without tokenizer files the directory is not a tokenizer.
   empty = tmp_path / "empty"
   empty.mkdir()
-  with pytest.raises(TokenizerError):
-    tokenizer_lib.load_tokenizer(str(empty))
+  with pytest.raises(TokenizerError, match="neither"):
+    QwenAudioTokenizer.load(str(empty))
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40))
+def test_transformers_and_tiktoken_paths_agree(qwen2_audio_dir, tok, text):
+  hypothesis.assume("<|" not in text and "<audio>" not in text)
+  hf = QwenAudioTokenizer.load(qwen2_audio_dir)
+  assert hf.encode(text) == tok.encode(text)

@@ -8,15 +8,22 @@
     <|im_start|>assistant
     ...<|im_end|>
 
-Messages are joined by a newline; clips are numbered `Audio 1:`, `Audio 2:` ... across the whole
-dialogue, each followed by a newline, as Qwen-Audio-Chat's `from_list_format` does. The loss
-falls on each assistant turn's content and its closing `<|im_end|>`, nothing else.
+Turns are joined by a newline; clips are numbered `Audio 1:`, `Audio 2:` ... across the whole
+dialogue, each followed by a newline, as Qwen-Audio-Chat's `from_list_format` writes them. The
+ids follow Qwen-Audio-Chat's `make_context`: `<|im_start|>`, the role, a newline and the content
+are tokenised separately, and inside a content only the audio vocabulary's specials (`<audio>`,
+timestamps, task tags, ...) are special, so that a message holding the text `<|im_end|>` cannot
+close its turn. The loss (`target_mask`) falls on each assistant turn's content and its closing
+`<|im_end|>`, nothing else.
 
-A message's `content` is a string or a list of items `{"text": ...}` / `{"audio": path,
-"start"?: s, "end"?: s}`.
+A row is `{"task": "chat", "messages": [{"role": "system" | "user" | "assistant", "content":
+str | [{"text": ...} | {"audio": path, "start"?: s, "end"?: s}]}]}`; without a leading system
+message the default system prompt "You are a helpful assistant." is used. Only user messages
+hold clips.
 """
 
-from typing import Any, List, Mapping, Sequence, Tuple
+import dataclasses
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -25,10 +32,20 @@ from qwen_audio_jax.text.tasks import EncodedExample, audio_reference
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 ROLES = ("system", "user", "assistant")
+CONTENT_SPECIALS = frozenset(specials.AUDIO_SPECIAL_TOKENS)
+NO_SPECIALS: frozenset = frozenset()
+
+
+@dataclasses.dataclass(frozen=True)
+class Piece:
+  """A run of dialogue text tokenised on its own."""
+  text: str
+  is_target: bool
+  allowed_special: frozenset  # surface forms read as special tokens inside `text`
 
 
 def content_text(content: Any, clip_number: int, where: str) -> Tuple[str, int]:
-  """A message's content as text with numbered clips, and the next clip number."""
+  """A message's content as text with numbered clips, and the last clip number used."""
   if isinstance(content, str):
     return content, clip_number
   if not isinstance(content, list):
@@ -36,9 +53,9 @@ def content_text(content: Any, clip_number: int, where: str) -> Tuple[str, int]:
                      f"items, got {type(content).__name__}")
   text = ""
   for i, item in enumerate(content):
-    if isinstance(item, dict) and isinstance(item.get("text"), str):
+    if isinstance(item, Mapping) and isinstance(item.get("text"), str):
       text += item["text"]
-    elif isinstance(item, dict) and isinstance(item.get("audio"), str) and item["audio"]:
+    elif isinstance(item, Mapping) and isinstance(item.get("audio"), str) and item["audio"]:
       clip_number += 1
       text += f"Audio {clip_number}:{audio_reference(item['audio'])}\n"
     else:
@@ -48,74 +65,102 @@ def content_text(content: Any, clip_number: int, where: str) -> Tuple[str, int]:
 
 
 def dialogue_pieces(messages: Sequence[Mapping[str, Any]], *, generation_prompt: bool = False
-                    ) -> List[Tuple[str, bool]]:
-  """(text, is_target) pieces of a dialogue in ChatML, a system turn added when missing."""
+                    ) -> List[Piece]:
+  """The dialogue in ChatML as separately tokenised pieces, a system turn added when missing.
+
+  generation_prompt: end with `<|im_start|>assistant\\n` (for generating the next answer);
+  otherwise the dialogue must end with an assistant turn (for training).
+  """
   if not isinstance(messages, (list, tuple)) or not messages:
     raise ValueError("field 'messages' must be a non-empty list of {role, content}")
   messages = list(messages)
-  if messages[0].get("role") != "system":
+  offset = 0  # messages[i] is the row's message i - offset
+  if not (isinstance(messages[0], Mapping) and messages[0].get("role") == "system"):
     messages.insert(0, {"role": "system", "content": DEFAULT_SYSTEM})
-  pieces: List[Tuple[str, bool]] = []
+    offset = 1
+  pieces: List[Piece] = []
   clips = 0
   for i, message in enumerate(messages):
-    where = f"field 'messages'[{i}]"
+    where = f"field 'messages'[{i - offset}]"
     if not isinstance(message, Mapping) or message.get("role") not in ROLES:
-      raise ValueError(f"{where}: 'role' must be one of {list(ROLES)}")
+      raise ValueError(f"{where}: 'role' must be one of {list(ROLES)}, got "
+                       f"{message.get('role') if isinstance(message, Mapping) else message!r}")
     role = message["role"]
     if role == "system" and i:
       raise ValueError(f"{where}: a system message may only open the dialogue")
+    if i > 1 and role == messages[i - 1].get("role"):
+      raise ValueError(f"{where}: two {role} messages in a row (user and assistant alternate)")
+    if i == 1 and role != "user":
+      raise ValueError(f"{where}: the first turn after the system prompt must be a user message")
     text, new_clips = content_text(message.get("content"), clips, where)
     if role != "user" and new_clips != clips:
       raise ValueError(f"{where}: only user messages may hold audio")
     clips = new_clips
-    opening = ("\n" if i else "") + f"{specials.IM_START}{role}\n"
-    pieces.append((opening, False))
-    pieces.append((text + specials.IM_END, role == "assistant"))
+    target = role == "assistant"
+    opening = ("\n" if i else "") + specials.IM_START
+    pieces += [Piece(opening, False, frozenset({specials.IM_START})),
+               Piece(role, False, NO_SPECIALS), Piece("\n", False, NO_SPECIALS),
+               Piece(text, target, CONTENT_SPECIALS),
+               Piece(specials.IM_END, target, frozenset({specials.IM_END}))]
   if generation_prompt:
-    pieces.append((f"\n{specials.IM_START}assistant\n", False))
+    if messages[-1]["role"] != "user":
+      raise ValueError("field 'messages': a generation prompt must end with a user turn")
+    pieces += [Piece("\n" + specials.IM_START, False, frozenset({specials.IM_START})),
+               Piece("assistant", False, NO_SPECIALS), Piece("\n", False, NO_SPECIALS)]
   elif messages[-1]["role"] != "assistant":
     raise ValueError("field 'messages': a training dialogue must end with an assistant turn")
   return pieces
 
 
-def _encode(pieces, tokenizer, num_samples, task) -> EncodedExample:
+def _encode(pieces: Sequence[Piece], tokenizer, num_samples: Sequence[int]) -> EncodedExample:
   ids: List[int] = []
   mask: List[bool] = []
   paths: List[str] = []
   starts: List[int] = []
+  n_named = sum(p.text.count(specials.AUDIO_START) for p in pieces)
+  if n_named != len(num_samples):
+    raise ValueError(f"the dialogue names {n_named} clip(s) but {len(num_samples)} clip "
+                     "length(s) were given")
   remaining = list(num_samples)
-  for text, is_target in pieces:
-    n_clips = text.count(specials.AUDIO_START)
-    if n_clips > len(remaining):
-      raise ValueError(f"the dialogue names more clips than the {len(num_samples)} clip "
-                       "length(s) given")
-    encoded = tokenizer.encode_with_audio(text, remaining[:n_clips])
+  for piece in pieces:
+    n_clips = piece.text.count(specials.AUDIO_START)
+    encoded = tokenizer.encode_with_audio(piece.text, remaining[:n_clips], piece.allowed_special)
     remaining = remaining[n_clips:]
     starts += [len(ids) + s for s in encoded.audio_starts]
     paths += encoded.audio_paths
     ids += encoded.ids
-    mask += [is_target] * len(encoded.ids)
-  if remaining:
-    raise ValueError(f"{len(num_samples)} clip lengths given but the dialogue names "
-                     f"{len(num_samples) - len(remaining)} clip(s)")
+    mask += [piece.is_target] * len(encoded.ids)
   return EncodedExample(np.asarray(ids, np.int32), np.asarray(mask, bool), paths,
-                        np.asarray(starts, np.int32), task)
+                        np.asarray(starts, np.int32), "chat")
 
 
 def encode_dialogue(row: Mapping[str, Any], tokenizer, num_samples: Sequence[int]
                     ) -> EncodedExample:
-  """A training dialogue: ids, and the loss mask on assistant turns."""
-  return _encode(dialogue_pieces(row.get("messages")), tokenizer, num_samples, "chat")
+  """A training dialogue: ids, and the loss mask on assistant turns.
+
+  `num_samples`: the sample count (16 kHz) of each clip, in order of appearance.
+  """
+  if not isinstance(row, Mapping):
+    raise ValueError(f"a chat row must be a mapping of fields, got {type(row).__name__}")
+  return _encode(dialogue_pieces(row.get("messages")), tokenizer, num_samples)
 
 
 def encode_chat_prompt(messages: Sequence[Mapping[str, Any]], tokenizer,
                        num_samples: Sequence[int]) -> EncodedExample:
   """The dialogue so far plus `<|im_start|>assistant\\n`, for generating the next answer."""
-  return _encode(dialogue_pieces(messages, generation_prompt=True), tokenizer, num_samples,
-                 "chat")
+  return _encode(dialogue_pieces(messages, generation_prompt=True), tokenizer, num_samples)
 
 
 def dialogue_text(messages: Sequence[Mapping[str, Any]], *, generation_prompt: bool = False
                   ) -> str:
   """The dialogue as one ChatML string (with `<audio>PATH</audio>` spans)."""
-  return "".join(t for t, _ in dialogue_pieces(messages, generation_prompt=generation_prompt))
+  return "".join(p.text for p in dialogue_pieces(messages, generation_prompt=generation_prompt))
+
+
+def response_text(ids: Sequence[int], tokenizer, stop_ids: Optional[Sequence[int]] = None
+                  ) -> str:
+  """A generated answer's text: decoded up to the first `<|im_end|>` or `<|endoftext|>`."""
+  stops = set(stop_ids if stop_ids is not None else (tokenizer.im_end_id, tokenizer.eot_id))
+  ids = [int(i) for i in np.asarray(ids).reshape(-1)]
+  end = next((k for k, i in enumerate(ids) if i in stops), len(ids))
+  return tokenizer.decode(ids[:end]).strip()

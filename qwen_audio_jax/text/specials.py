@@ -52,8 +52,9 @@ def _audio_tokens() -> List[str]:
   return tokens
 
 
+AUDIO_SPECIAL_TOKENS: List[str] = _audio_tokens()
 SPECIAL_TOKENS: List[str] = (
-    [ENDOFTEXT, IM_START, IM_END] + [f"<|extra_{i}|>" for i in range(205)] + _audio_tokens())
+    [ENDOFTEXT, IM_START, IM_END] + [f"<|extra_{i}|>" for i in range(205)] + AUDIO_SPECIAL_TOKENS)
 
 SPECIAL_IDS: Dict[str, int] = {tok: NUM_BPE_RANKS + i for i, tok in enumerate(SPECIAL_TOKENS)}
 assert len(SPECIAL_IDS) == len(SPECIAL_TOKENS), "special tokens must be unique"

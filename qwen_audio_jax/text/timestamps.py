@@ -1,30 +1,37 @@
 """Times <-> timestamp tokens (`<|0.00|>` ... `<|30.00|>`, 0.01 s apart).
 
-Quantisation rounds to the nearest hundredth (halves away from zero, on the decimal value, so
-1.005 s -> 1.01 s as a person would write it), then clamps to [0, limit] where the limit is the
-clip's duration (itself at most 30 s).
+Quantisation rounds to the nearest hundredth, halves up, on the decimal value of the float as
+written (so 1.005 s -> `<|1.01|>`, as a person reading the label would expect, though the binary
+float 1.005 lies just below 1.005), then clamps to [0, limit], where the limit is the clip's
+duration (rounded down to a hundredth) and never more than 30 s.
 """
 
 import decimal
+import math
 import re
 from typing import Optional
 
 from qwen_audio_jax.text import specials
 
-MAX_SECONDS = (specials.TIMESTAMP_STEPS - 1) * specials.TIMESTAMP_RESOLUTION  # 30.00
+MAX_CENTISECONDS = specials.TIMESTAMP_STEPS - 1  # 3000: <|30.00|>
+MAX_SECONDS = MAX_CENTISECONDS * specials.TIMESTAMP_RESOLUTION
 TIMESTAMP_PATTERN = re.compile(r"<\|(\d{1,2})\.(\d{2})\|>")
 
 
+def _hundredths(seconds: float, rounding: str) -> int:
+  return int(decimal.Decimal(repr(float(seconds))).scaleb(2).quantize(
+      decimal.Decimal(1), rounding=rounding))
+
+
 def to_centiseconds(seconds: float, limit: Optional[float] = None) -> int:
-  """`seconds` as hundredths of a second, rounded half away from zero and clamped."""
-  if seconds != seconds:  # NaN
-    raise ValueError("timestamp is NaN")
-  hundredths = int(decimal.Decimal(repr(float(seconds))).scaleb(2).quantize(
-      decimal.Decimal(1), rounding=decimal.ROUND_HALF_UP))
-  top = MAX_SECONDS if limit is None else min(MAX_SECONDS, limit)
-  top_hundredths = int(decimal.Decimal(repr(float(top))).scaleb(2).to_integral_value(
-      rounding=decimal.ROUND_FLOOR))
-  return max(0, min(hundredths, top_hundredths))
+  """`seconds` as hundredths of a second, rounded (halves up) and clamped to [0, limit]."""
+  for name, value in (("time", seconds), ("limit", limit)):
+    if value is not None and not math.isfinite(value):
+      raise ValueError(f"timestamp {name} must be a finite number of seconds, got {value}")
+  top = MAX_CENTISECONDS
+  if limit is not None:
+    top = max(0, min(top, _hundredths(limit, decimal.ROUND_FLOOR)))
+  return max(0, min(_hundredths(seconds, decimal.ROUND_HALF_UP), top))
 
 
 def format_timestamp(seconds: float, limit: Optional[float] = None) -> str:
@@ -35,6 +42,6 @@ def format_timestamp(seconds: float, limit: Optional[float] = None) -> str:
 def parse_timestamp(token: str) -> float:
   """Seconds of a timestamp token; ValueError for anything else."""
   match = TIMESTAMP_PATTERN.fullmatch(token)
-  if not match or int(match.group(1)) * 100 + int(match.group(2)) > 3000:
+  if not match or int(match.group(1)) * 100 + int(match.group(2)) > MAX_CENTISECONDS:
     raise ValueError(f"not a timestamp token: {token!r}")
   return int(match.group(1)) + int(match.group(2)) / 100
