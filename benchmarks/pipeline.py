@@ -1,22 +1,34 @@
 """Throughput of the input pipeline against a plain Python loop, in examples per second per core.
 
     python benchmarks/pipeline.py [--manifest qwen_audio_jax/data/demo/train.jsonl]
-                                  [--examples 256] [--workers 0,2]
+                                  [--examples 512] [--workers 0,2]
 
 Both sides do the same work per example: read and decode the clip, resample to 16 kHz, tag and
 tokenise the row. The baseline then computes the log-mel with transformers'
 WhisperFeatureExtractor (numpy) and keeps a list of examples; the pipeline computes the host
 log-mel (mode 'mel') or hands over the raw waveform for the on-device mel (mode 'waveform') and
-assembles fixed-shape batches. The pipeline's rate is divided by the cores it used (its worker
-processes, or 1 without workers); the baseline uses one core. Each ratio is measured in this run.
+assembles fixed-shape batches (in worker processes when workers > 0).
+
+"Per core" is examples per CPU-second: the CPU time of every process taking part (the main
+process and the grain workers, all their threads) over the timed window, so that background
+threads or idle workers neither inflate nor deflate a figure. BLAS runs one thread per process
+(set before numpy loads), as the pipeline's workers do. Start-up (worker processes, tokenizer
+load, the first batches) is not timed.
 """
 
-import argparse
 import os
+
+for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+  os.environ.setdefault(_name, "1")
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import argparse
 import sys
 import time
+from typing import Dict, Tuple
 
 import ml_collections
+import psutil
 
 from qwen_audio_jax.audio import io as audio_io
 from qwen_audio_jax.audio import lengths
@@ -27,10 +39,27 @@ from qwen_audio_jax.data.pipeline import DataPipeline
 from qwen_audio_jax.data.transforms import load_tokenizer
 
 
-def baseline_rate(manifest: str, examples: int, n_mels: int) -> float:
-  """Examples per second of a plain loop: load, WhisperFeatureExtractor, tokenizer."""
-  from transformers import WhisperFeatureExtractor  # pylint: disable=g-import-not-at-top
-  from qwen_audio_jax.text import chat, tasks  # pylint: disable=g-import-not-at-top
+def cpu_seconds() -> Dict[int, float]:
+  """pid -> user + system CPU seconds of this process and all its descendants."""
+  me = psutil.Process()
+  out = {}
+  for process in [me] + me.children(recursive=True):
+    try:
+      times = process.cpu_times()
+    except psutil.NoSuchProcess:
+      continue
+    out[process.pid] = times.user + times.system
+  return out
+
+
+def cpu_used(before: Dict[int, float], after: Dict[int, float]) -> float:
+  return sum(after[pid] - before.get(pid, 0.0) for pid in after)
+
+
+def baseline_rate(manifest: str, examples: int, n_mels: int) -> Tuple[float, float]:
+  """(examples per wall second, per CPU-second) of a plain loop: load, Whisper features, tokens."""
+  from transformers import WhisperFeatureExtractor
+  from qwen_audio_jax.text import chat, tasks
   extractor = WhisperFeatureExtractor(feature_size=n_mels)
   tokenizer = load_tokenizer(None)
   rows = [row for _, row in manifest_lib.iter_rows(manifest, strict=False)]
@@ -48,17 +77,19 @@ def baseline_rate(manifest: str, examples: int, n_mels: int) -> float:
                                      clip_seconds=num_samples[0] / lengths.SAMPLE_RATE)
     return encoded, features
 
-  for row in rows[:4]:  # warm-up, as the pipeline's first batch
+  for row in rows[:8]:  # warm-up
     one(row)
-  out, start = [], time.perf_counter()
+  out = []
+  cpu_before, start = cpu_seconds(), time.perf_counter()
   while len(out) < examples:
     out.extend(one(row) for row in rows[:examples - len(out)])
-  return len(out) / (time.perf_counter() - start)
+  wall = time.perf_counter() - start
+  return len(out) / wall, len(out) / cpu_used(cpu_before, cpu_seconds())
 
 
 def pipeline_rate(manifest: str, examples: int, features: str, workers: int, n_mels: int,
-                  batch_size: int, max_clips: int) -> float:
-  """Examples per second of the whole pipeline, after its first batches (start-up excluded)."""
+                  batch_size: int, max_clips: int) -> Tuple[float, float]:
+  """(examples per wall second, per CPU-second) of the whole pipeline, start-up excluded."""
   config = get_data_config()
   config.mixture = ml_collections.ConfigDict({"all": mixture_entry(paths=manifest)})
   config.features = features
@@ -69,20 +100,22 @@ def pipeline_rate(manifest: str, examples: int, features: str, workers: int, n_m
   config.read_threads = 1
   config.max_bad_fraction = 1.0
   it = DataPipeline(config, process_index=0, process_count=1).iterator()
-  for _ in range(max(1, workers)):  # one batch from every worker: start-up is not timed
+  for _ in range(2 * max(1, workers)):  # two batches from every worker: start-up is not timed
     next(it)
-  done, start = 0, time.perf_counter()
+  done = 0
+  cpu_before, start = cpu_seconds(), time.perf_counter()
   while done < examples:
     done += int(batching.task_counts(next(it), 1).sum())
-  rate = done / (time.perf_counter() - start)
+  wall = time.perf_counter() - start
+  cpu = cpu_used(cpu_before, cpu_seconds())
   it.close()
-  return rate
+  return done / wall, done / cpu
 
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--manifest", default=os.path.join(DEMO_DIR, "train.jsonl"))
-  parser.add_argument("--examples", type=int, default=256)
+  parser.add_argument("--examples", type=int, default=512)
   parser.add_argument("--workers", default="0,2", help="comma-separated worker counts")
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--n_mels", type=int, default=80)
@@ -92,17 +125,17 @@ def main(argv=None) -> int:
     return 1
   max_clips = max(len(manifest_lib.clip_refs(row))
                   for _, row in manifest_lib.iter_rows(args.manifest, strict=False))
-  base = baseline_rate(args.manifest, args.examples, args.n_mels)
-  print(f"baseline (WhisperFeatureExtractor + tokenizer, plain loop): {base:8.1f} examples/s "
-        "on 1 core")
+  print(f"{args.manifest}: {args.examples} examples per measurement, batch {args.batch_size}, "
+        f"{max_clips} audio slots per row, {psutil.cpu_count()} cores")
+  base_wall, base_core = baseline_rate(args.manifest, args.examples, args.n_mels)
+  print(f"baseline  WhisperFeatureExtractor + tokenizer, plain loop: {base_wall:7.1f} examples/s,"
+        f" {base_core:7.1f} per core")
   for features in ("mel", "waveform"):
     for workers in (int(w) for w in args.workers.split(",")):
-      rate = pipeline_rate(args.manifest, args.examples, features, workers, args.n_mels,
-                           args.batch_size, max_clips)
-      cores = max(workers, 1)
-      print(f"pipeline {features:8s} workers={workers}: {rate:8.1f} examples/s, "
-            f"{rate / cores:8.1f} per core, ratio to baseline per core "
-            f"{rate / cores / base:6.2f}x")
+      wall, core = pipeline_rate(args.manifest, args.examples, features, workers, args.n_mels,
+                                 args.batch_size, max_clips)
+      print(f"pipeline  {features:8s} workers={workers}: {wall:7.1f} examples/s, {core:7.1f} per "
+            f"core, ratio to baseline per core {core / base_core:5.2f}x")
   return 0
 
 

@@ -37,6 +37,12 @@ def write_lines(path, lines):
      r"m.jsonl:2: messages\[0\].role must be"),
     ({"task": "chat", "messages": [{"role": "user", "content": [{"audio": 3}]}]},
      r"m.jsonl:2: messages\[0\].content\[0\].audio must be a non-empty path"),
+    # The dialogue rules of the chat format are checked on load too.
+    ({"task": "chat", "messages": CHAT["messages"][:1]},
+     r"m.jsonl:2: field 'messages': a training dialogue must end with an assistant turn"),
+    ({"task": "chat", "messages": [CHAT["messages"][0],
+                                   {"role": "assistant", "content": [{"audio": "z.wav"}]}]},
+     r"m.jsonl:2: field 'messages'\[1\]: only user messages may hold audio"),
 ])
 def test_strict_errors_name_file_line_and_field(tmp_path, line, message):
   path = write_lines(tmp_path / "m.jsonl", [ASR, line])

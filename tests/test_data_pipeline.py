@@ -4,6 +4,7 @@ Determinism, exact resume through Orbax, disjoint host slices, mixture proportio
 accounting and the abort threshold, truncation rules, and the batch format.
 """
 
+import collections
 import json
 import os
 
@@ -20,7 +21,7 @@ from qwen_audio_jax import sharding
 from qwen_audio_jax.audio import io as audio_io
 from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.data import batching, global_batch
-from qwen_audio_jax.data.config import get_data_config, mixture_entry
+from qwen_audio_jax.data.config import DEMO_DIR, get_data_config, mixture_entry
 from qwen_audio_jax.data.pipeline import DataPipeline
 from qwen_audio_jax.data.stats import DataQualityError
 from qwen_audio_jax.data.transforms import load_tokenizer
@@ -300,6 +301,22 @@ def test_truncation_rules_and_long_audio_trim(tmp_path):
   assert asr.dropped == {"text_too_long": 1} and asr.examples == 2 and asr.truncated == 1
   assert max(b["audio_lengths"].max() for b in batches) == 32000  # trimmed to 2 s
   assert it.stats.tasks["chat"].examples == 1
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "chat"])
+def test_default_configs_read_every_row_of_the_bundled_demo_corpus(stage):
+  rows = [json.loads(line) for line in open(os.path.join(DEMO_DIR, "eval.jsonl"))]
+  expected = collections.Counter(r["task"] for r in rows)
+  expected = ({"chat": expected["chat"]} if stage == "chat" else
+              {t: n for t, n in expected.items() if t != "chat"})
+  config = get_data_config(stage, "eval")
+  config.features = "waveform"
+  it = DataPipeline(config, process_index=0, process_count=1).iterator()
+  assert sorted(config.mixture.keys()) == sorted(expected)  # every family of the corpus
+  delivered = sum(batching.task_counts(b, len(expected)) for b in it)
+  assert dict(zip(sorted(expected), delivered.tolist())) == expected
+  for task in it.stats.tasks.values():
+    assert not task.rejected and not task.dropped and not task.truncated
 
 
 def test_worker_processes_are_deterministic_and_resume(corpus):

@@ -1,12 +1,12 @@
 """ArrayRecord shards (prepare CLI) and TFDS sources feed the same examples as the manifests."""
 
 import json
+import sys
 
 import ml_collections
 import numpy as np
 import pytest
 import soundfile
-import tensorflow_datasets as tfds
 
 from qwen_audio_jax.data import prepare as prepare_lib
 from qwen_audio_jax.data import tfds_source
@@ -91,45 +91,56 @@ def test_flac_shards_hold_cut_16k_clips(tmp_path):
                       "--audio_format", "flac", "--max_bad_fraction", "0.1"])
 
 
-def test_tfds_dataset_prepared_locally_feeds_asr_examples(tmp_path):
-  class TinyLibriSpeech(tfds.core.GeneratorBasedBuilder):
-    """LibriSpeech's fields with numpy-only features (no tensorflow needed)."""
-    VERSION = tfds.core.Version("1.0.0")
+def librispeech_examples():
+  """Dicts as `tfds.data_source('librispeech')` returns them (16-bit PCM stored as int64)."""
+  return [{"speech": (tone(0.5 + 0.25 * i, 16000, 300 + 100 * i) * 20000).astype(np.int64),
+           "text": f"HELLO NUMBER {i}".encode(), "id": f"84-121-{i}".encode(),
+           "speaker_id": 84} for i in range(3)]
 
-    def _info(self):
-      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-          "speech": tfds.features.Tensor(shape=(None,), dtype=np.int16),
-          "text": tfds.features.Text(), "id": tfds.features.Text()}))
 
-    def _split_generators(self, dl_manager):
-      del dl_manager
-      return {"train": self._generate_examples()}
-
-    def _generate_examples(self):
-      for i in range(3):
-        speech = (tone(0.5 + 0.25 * i, 16000, 300 + 100 * i) * 20000).astype(np.int16)
-        yield f"utt{i}", {"speech": speech, "text": f"HELLO NUMBER {i}", "id": f"84-121-{i}"}
-
-  TinyLibriSpeech(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
-  mixture = ml_collections.ConfigDict({"librispeech": mixture_entry(
-      source="tfds", tfds_name="tiny_libri_speech", tfds_split="train",
-      tfds_data_dir=str(tmp_path), tfds_adapter="librispeech")})
-  config = data_config("", mixture=mixture, num_epochs=1, shuffle=False, batch_size=3)
-  pipeline = DataPipeline(config, process_index=0, process_count=1)
-  examples = list(pipeline.task_dataset(0))
-  assert sorted(int(x.clip_lengths[0]) for x in examples) == [8000, 12000, 16000]
-  assert all("tfds:tiny_libri_speech[train]" in x.origin for x in examples)
-  raw = tfds.data_source("tiny_libri_speech", split="train", data_dir=str(tmp_path))
-  row, arrays = tfds_source.librispeech_adapter(raw[0], 0)
-  assert row["task"] == "asr" and row["text"].startswith("hello number ")
+def test_librispeech_adapter_maps_an_example_to_an_asr_row():
+  example = librispeech_examples()[1]
+  row, arrays = tfds_source.librispeech_adapter(example, 7)
+  assert row == {"id": "84-121-1", "task": "asr", "audio": "tfds://librispeech/84-121-1",
+                 "audio_language": "en", "text": "hello number 1", "text_language": "en",
+                 "itn": False}
   samples, rate = arrays[row["audio"]]
   assert rate == 16000 and samples.dtype == np.int16
+  np.testing.assert_array_equal(samples, example["speech"])
+  with pytest.raises(ValueError, match="exceed the 16-bit range"):
+    tfds_source.pcm16(np.array([0, 40000]))
+
+
+def test_tfds_entries_feed_the_pipeline_through_the_adapter(monkeypatch):
+  examples = librispeech_examples() + [{"speech": np.zeros(100, np.int64), "id": b"no-text"}]
+  opened = []
+
+  def fake_data_source(name, split, data_dir):
+    opened.append((name, split, data_dir))
+    return examples
+
+  monkeypatch.setattr(tfds_source, "open_data_source", fake_data_source)
+  mixture = ml_collections.ConfigDict({"librispeech": mixture_entry(
+      source="tfds", tfds_name="librispeech", tfds_split="train.clean100",
+      tfds_data_dir="/data/tfds", tfds_adapter="librispeech")})
+  config = data_config("", mixture=mixture, num_epochs=1, shuffle=False, batch_size=4,
+                       max_bad_fraction=1.0)
   batches, stats = read_all(config)
-  assert stats.tasks["librispeech"].examples == 3
-  for r in range(3):  # int16 samples arrive scaled to [-1, 1)
-    n = batches[0]["audio_lengths"][r, 0]
-    expected = (tone(n / 16000, 16000, 300 + 100 * ((n - 8000) // 4000)) * 20000).astype(np.int16)
-    np.testing.assert_array_equal(batches[0]["audio_wave"][r, 0, :n], expected / 32768.0)
+  assert opened == [("librispeech", "train.clean100", "/data/tfds")]
+  task = stats.tasks["librispeech"]
+  assert task.examples == 3 and task.rejected == {"malformed": 1}
+  assert "tfds:librispeech[train.clean100][3]" in task.first_rejected[0]
+  assert "KeyError" in task.first_rejected[0]  # the example has no 'text'
+  np.testing.assert_array_equal(batches[0]["audio_lengths"][:, 0], [8000, 12000, 16000, 0])
+  for r, example in enumerate(examples[:3]):  # 16-bit samples arrive scaled to [-1, 1)
+    np.testing.assert_array_equal(batches[0]["audio_wave"][r, 0, :8000 + 4000 * r],
+                                  example["speech"].astype(np.float32) / 32768.0)
+
+
+def test_tfds_needs_the_optional_package_and_says_so(monkeypatch):
+  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
+  with pytest.raises(ImportError, match=r"tensorflow-datasets is not installed .*\[tfds\]"):
+    tfds_source.TfdsSource("librispeech")
 
 
 def test_adapter_lookup():

@@ -17,6 +17,7 @@ _EXPORTS = {
     "DataStats": "qwen_audio_jax.data.stats",
     "DataQualityError": "qwen_audio_jax.data.stats",
     "task_counts": "qwen_audio_jax.data.batching",
+    "batch_spec": "qwen_audio_jax.data.batching",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -66,7 +66,8 @@ def get_data_config(stage: str = "pretrain", split: str = "train") -> ml_collect
   # computes the mel on the device.
   c.features = "mel"
   c.n_mels = 80  # 80 (Qwen-Audio, Whisper-large-v2) or 128 (Qwen2-Audio)
-  c.max_clips_per_row = 1  # A: audio slots per row (several with packing or multi-clip chats)
+  # A: audio slots per row (several with packing or multi-clip chats)
+  c.max_clips_per_row = DEMO_CHAT_MAX_CLIPS if stage == "chat" else 1
   # Text lengths a batch may have: a batch is padded to the smallest bucket that holds its
   # longest row, so the train step compiles once per bucket. With packing rows are filled up to
   # the largest bucket.
@@ -122,12 +123,18 @@ def demo_mixture(stage: str = "pretrain", split: str = "train") -> ml_collection
   return mixture
 
 
-# Multitask rows of the demo corpus and their weights in the demo pretraining mixture.
+# Multitask rows of the demo corpus and their weights in the demo pretraining mixture. Speech
+# recognition leads, as it does in Qwen-Audio's stage-1 data; the small AQA set (a third of the
+# size of the others) gets half a share so that it does not repeat three times as often.
 DEMO_PRETRAIN_TASKS: Tuple[Tuple[str, float], ...] = (
     ("asr", 2.0),
+    ("srwt", 1.0),
     ("caption", 1.0),
     ("event", 1.0),
+    ("aqa", 0.5),
 )
+# Clips per dialogue in the demo chat rows (at most).
+DEMO_CHAT_MAX_CLIPS = 2
 
 
 def task_names(config: ml_collections.ConfigDict) -> List[str]:

@@ -147,10 +147,13 @@ def validate_row(row: Any, where: str, known_tasks: Optional[Iterable[str]] = No
 
 
 def validate_task_fields(row: Mapping[str, Any]) -> None:
-  """Task-specific fields, checked by the task definitions in qwen_audio_jax.text."""
-  from qwen_audio_jax.text import tasks  # pylint: disable=g-import-not-at-top
+  """Task-specific fields, checked by the task definitions in qwen_audio_jax.text (dialogues:
+  roles alternating, audio in user turns only, ending with an assistant turn)."""
   if row["task"] == CHAT_TASK:
+    from qwen_audio_jax.text import chat  # pylint: disable=g-import-not-at-top
+    chat.dialogue_pieces(row["messages"])
     return
+  from qwen_audio_jax.text import tasks  # pylint: disable=g-import-not-at-top
   tasks.get_task(row["task"]).validate(row)
 
 

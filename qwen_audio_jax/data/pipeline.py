@@ -220,8 +220,3 @@ def _allow_unparsed_absl_flags() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
-
-
-def make_pipeline(config: ml_collections.ConfigDict, **kwargs) -> DataPipeline:
-  """DataPipeline(config, **kwargs)."""
-  return DataPipeline(config, **kwargs)

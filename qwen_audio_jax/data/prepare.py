@@ -112,6 +112,18 @@ def _strip_segments(row: Dict[str, Any]) -> Dict[str, Any]:
   return row
 
 
+def _ordered_map(pool: concurrent.futures.Executor, fn, items, window: int):
+  """pool.map with at most `window` results pending: a shard's packed audio is never all held
+  in memory at once. Results come in input order."""
+  pending: collections.deque = collections.deque()
+  for item in items:
+    pending.append(pool.submit(fn, item))
+    if len(pending) >= window:
+      yield pending.popleft().result()
+  while pending:
+    yield pending.popleft().result()
+
+
 def shard_names(group: str, num_shards: int) -> List[str]:
   """<group>-00000-of-000NN.array_record, ..."""
   return [f"{group}-{i:05d}-of-{num_shards:05d}.array_record" for i in range(num_shards)]
@@ -172,7 +184,7 @@ def prepare(manifests: Sequence[str], output_dir: str, *, examples_per_shard: in
         writer = array_record_module.ArrayRecordWriter(os.path.join(local_dir, name),
                                                        "group_size:1")
         count = 0
-        for origin, record, error in pool.map(pack, rows):
+        for origin, record, error in _ordered_map(pool, pack, rows, 4 * max(1, threads)):
           bar.update(1)
           if record is None:
             skipped.append({"origin": origin, "reason": "unusable audio", "detail": error})

@@ -2,8 +2,10 @@
 
 `tfds.data_source` gives random access without tensorflow for datasets whose features decode
 with numpy (Tensor, Text, Scalar). Datasets declaring `tfds.features.Audio` (LibriSpeech among
-them) need tensorflow importable, because that feature resolves its dtype through tf. An adapter
-maps one TFDS example onto a manifest row plus the clip's samples:
+them) need tensorflow importable, because that feature resolves its dtype through tf.
+tensorflow-datasets is an optional dependency (`pip install 'qwen_audio_jax[tfds]'`), imported
+only when a mixture entry has source='tfds'. An adapter maps one TFDS example (a dict of numpy
+values) onto a manifest row plus the clip's samples:
 
     adapter(example: dict, index: int) -> (row, {audio_key: (samples, sample_rate)})
 
@@ -27,8 +29,24 @@ def _text(value) -> str:
   return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def pcm16(samples) -> np.ndarray:
+  """Integer samples holding 16-bit PCM as int16 (scaled by 2**15 downstream).
+
+  `tfds.features.Audio` stores 16-bit PCM in int64 by default; scaling those by their own dtype
+  (2**63) would silence the clip. Float samples are returned unchanged.
+  """
+  samples = np.asarray(samples)
+  if not np.issubdtype(samples.dtype, np.integer) or samples.dtype == np.int16:
+    return samples
+  if samples.size and (samples.min() < -2**15 or samples.max() >= 2**15):
+    raise ValueError(f"integer audio samples exceed the 16-bit range ({samples.min()} ... "
+                     f"{samples.max()}); an adapter must scale other integer formats itself")
+  return samples.astype(np.int16)
+
+
 def librispeech_adapter(example: Mapping[str, Any], index: int):
-  """TFDS 'librispeech' ({'speech': int16 16 kHz, 'text', 'id', ...}) -> an English ASR row.
+  """TFDS 'librispeech' ({'speech': 16-bit PCM at 16 kHz, 'text', 'id', ...}) -> an English
+  ASR row.
 
   The transcripts are upper case in the corpus; they are lower-cased, as in Qwen-Audio's outputs.
   """
@@ -36,7 +54,7 @@ def librispeech_adapter(example: Mapping[str, Any], index: int):
   key = f"tfds://librispeech/{utterance}"
   row = {"id": utterance, "task": "asr", "audio": key, "audio_language": "en",
          "text": _text(example["text"]).lower(), "text_language": "en", "itn": False}
-  return row, {key: (np.asarray(example["speech"]), lengths.SAMPLE_RATE)}
+  return row, {key: (pcm16(example["speech"]), lengths.SAMPLE_RATE)}
 
 
 ADAPTERS: Dict[str, Adapter] = {
@@ -55,18 +73,29 @@ def get_adapter(name: str) -> Adapter:
                    "'package.module:function'")
 
 
+def open_data_source(name: str, split: str, data_dir: str):
+  """`tfds.data_source(name, split, data_dir)`: random access to a prepared TFDS split."""
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f"TFDS dataset {name!r}: tensorflow-datasets is not installed (pip install "
+                      f"'qwen_audio_jax[tfds]'); or write the data as JSONL manifests") from e
+  return tfds.data_source(name, split=split, data_dir=data_dir or None)
+
+
 class TfdsSource:
-  """A TFDS split through `tfds.data_source`, each example mapped to a row by an adapter."""
+  """A TFDS split through `tfds.data_source`, each example mapped to a row by an adapter.
+
+  `data_source`: any random-access sequence of example dicts (default: the prepared TFDS split).
+  """
 
   def __init__(self, name: str, *, split: str = "train", data_dir: str = "",
                adapter: str = "librispeech", data_source=None):
     self._name = f"{name}[{split}]"
     self._adapter_name = adapter
     get_adapter(adapter)  # fail early on a bad name
-    if data_source is None:
-      import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-      data_source = tfds.data_source(name, split=split, data_dir=data_dir or None)
-    self._source = data_source
+    self._source = (open_data_source(name, split, data_dir) if data_source is None
+                    else data_source)
 
   def __len__(self) -> int:
     return len(self._source)
