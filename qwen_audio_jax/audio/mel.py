@@ -129,14 +129,14 @@ def _reflect_pad(clip: np.ndarray) -> np.ndarray:
   return padded
 
 
-def _power_spectrum_host(clip: np.ndarray) -> np.ndarray:
-  """|rfft(frame * window)|^2 of the first N_FRAMES centred frames: [N_FRAMES, N_FREQS] float32."""
+def _power_spectrum_host(clip: np.ndarray, num_frames: int = N_FRAMES) -> np.ndarray:
+  """|rfft(frame * window)|^2 of the first `num_frames` centred frames: [num_frames, N_FREQS]."""
   frames = np.lib.stride_tricks.sliding_window_view(_reflect_pad(clip), N_FFT)[::HOP_LENGTH]
   window = hann_window()
-  power = np.empty((N_FRAMES, N_FREQS), np.float32)
+  power = np.empty((num_frames, N_FREQS), np.float32)
   windowed = np.empty((_HOST_CHUNK_FRAMES, N_FFT), np.float64)
-  for first in range(0, N_FRAMES, _HOST_CHUNK_FRAMES):
-    last = min(first + _HOST_CHUNK_FRAMES, N_FRAMES)
+  for first in range(0, num_frames, _HOST_CHUNK_FRAMES):
+    last = min(first + _HOST_CHUNK_FRAMES, num_frames)
     chunk = windowed[:last - first]
     np.multiply(frames[first:last], window, out=chunk)
     spectrum = np.fft.rfft(chunk, axis=-1)
@@ -144,6 +144,18 @@ def _power_spectrum_host(clip: np.ndarray) -> np.ndarray:
     chunk_power += np.square(spectrum.imag)
     power[first:last] = chunk_power
   return power
+
+
+def frames_touching_audio(num_samples: int) -> int:
+  """Frames of a 30 s window whose STFT window overlaps the first `num_samples` samples.
+
+  Every later frame sees only the zero padding (also in its reflect-padded right edge, as long as
+  the clip ends more than N_FFT samples before 30 s), so its power spectrum is exactly zero and
+  its log-mel exactly log10(LOG_FLOOR) before the floor: those frames need no FFT.
+  """
+  if num_samples >= N_SAMPLES - N_FFT:
+    return N_FRAMES
+  return min(N_FRAMES, (num_samples + _PAD) // HOP_LENGTH + 2)
 
 
 def log_mel_spectrogram(wave, n_mels: int = 80) -> np.ndarray:
@@ -159,10 +171,14 @@ def log_mel_spectrogram(wave, n_mels: int = 80) -> np.ndarray:
   waves = audio_io.pad_or_trim(
       wave.astype(np.float32, copy=False).reshape(-1, wave.shape[-1]), N_SAMPLES)
   filters = mel_filters(n_mels).astype(np.float32)
+  # Frames past the clip's samples see only zero padding: their value is known without an FFT.
+  active = frames_touching_audio(min(wave.shape[-1], N_SAMPLES))
+  silent = np.log10(np.maximum(np.zeros((), np.float32), LOG_FLOOR))
   out = np.empty((waves.shape[0], n_mels, N_FRAMES), np.float32)
   for i, clip in enumerate(waves):
-    mel = filters @ _power_spectrum_host(clip).T  # [n_mels, N_FRAMES]
-    out[i] = np.log10(np.maximum(mel, LOG_FLOOR))
+    mel = filters @ _power_spectrum_host(clip, active).T  # [n_mels, active]
+    out[i, :, :active] = np.log10(np.maximum(mel, LOG_FLOOR))
+    out[i, :, active:] = silent
   out = _floor_and_scale(out, np)
   return out[0] if single else out
 
