@@ -140,3 +140,11 @@ def test_bad_arguments():
     mel.log_mel_spectrogram_jax(np.zeros((2, 1000), np.float32))
   with pytest.raises(ValueError, match="dft"):
     mel.log_mel_spectrogram_jax(np.zeros(lengths.N_SAMPLES, np.float32), dft="cufft")
+
+
+@pytest.mark.parametrize("num_samples", [100, 401, 16_000, 479_500, 479_700, 480_000])
+def test_skipping_padding_frames_changes_nothing(num_samples, monkeypatch):
+  wave = (np.random.default_rng(num_samples).normal(size=num_samples) * 0.1).astype(np.float32)
+  fast = mel.log_mel_spectrogram(wave)
+  monkeypatch.setattr(mel, "frames_touching_audio", lambda n: lengths.N_FRAMES)
+  np.testing.assert_allclose(fast, mel.log_mel_spectrogram(wave), rtol=0, atol=1e-6)
