@@ -1,0 +1,71 @@
+"""The bundled demo corpus: complete, valid, small, and with word times that hold."""
+
+import collections
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from qwen_audio_jax.audio import lengths
+from qwen_audio_jax.data import manifest as manifest_lib
+from qwen_audio_jax.data.config import DEMO_DIR
+
+EXPECTED_COUNTS = {
+    "train": {"asr": 64, "srwt": 64, "caption": 60, "event": 60, "aqa": 20, "chat": 144},
+    "eval": {"asr": 8, "srwt": 8, "caption": 12, "event": 12, "aqa": 4, "chat": 23},
+}
+
+
+def rows_of(split):
+  with open(os.path.join(DEMO_DIR, f"{split}.jsonl"), encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
+def clips_of(row):
+  if row["task"] == "chat":
+    return [item["audio"] for m in row["messages"] if isinstance(m["content"], list)
+            for item in m["content"] if "audio" in item]
+  return [row["audio"]]
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_manifest_is_valid_and_complete(split):
+  manifest = manifest_lib.read_manifest(os.path.join(DEMO_DIR, f"{split}.jsonl"), strict=True)
+  rows = rows_of(split)
+  assert len(manifest) == len(rows)
+  assert dict(collections.Counter(r["task"] for r in rows)) == EXPECTED_COUNTS[split]
+  assert len({r["id"] for r in rows}) == len(rows)
+
+
+@pytest.mark.parametrize("split", ["train", "eval"])
+def test_every_clip_is_16khz_mono_and_within_30_s(split):
+  for path in {p for row in rows_of(split) for p in clips_of(row)}:
+    info = sf.info(os.path.join(DEMO_DIR, path))
+    assert (info.samplerate, info.channels) == (lengths.SAMPLE_RATE, 1), path
+    assert 0.5 < info.duration <= lengths.CHUNK_SECONDS, path
+
+
+def test_splits_share_no_audio_and_the_corpus_is_small():
+  train = {p for row in rows_of("train") for p in clips_of(row)}
+  held_out = {p for row in rows_of("eval") for p in clips_of(row)}
+  assert not train & held_out
+  total = sum(os.path.getsize(os.path.join(root, f))
+              for root, _, files in os.walk(DEMO_DIR) for f in files)
+  assert total <= 8 * 1024 * 1024
+
+
+def test_word_times_hold():
+  """Inside each SRWT word the signal is far louder than in the pauses between words."""
+  for row in [r for r in rows_of("train") + rows_of("eval") if r["task"] == "srwt"]:
+    wave, rate = sf.read(os.path.join(DEMO_DIR, row["audio"]), dtype="float32")
+    words = row["words"]
+    assert [w["word"] for w in words] == row["text"].split()
+    ends = [0.0] + [w["end"] for w in words]
+    for previous_end, word in zip(ends, words):
+      assert previous_end <= word["start"] < word["end"] <= len(wave) / rate
+    speech = np.concatenate([wave[int(w["start"] * rate):int(w["end"] * rate)] for w in words])
+    gaps = np.concatenate([wave[int(a["end"] * rate) + 80:int(b["start"] * rate) - 80]
+                           for a, b in zip(words, words[1:])])
+    assert np.sqrt(np.mean(speech ** 2)) > 30 * np.sqrt(np.mean(gaps ** 2) + 1e-12), row["id"]
