@@ -1,0 +1,107 @@
+"""The optimizer of a stage: schedule, optax chain, and which parameters it trains.
+
+Freezing is structural: the optimizer only ever sees the trainable subtree (frozen leaves are
+`None` there), so frozen parameters get no gradient computation, no optimizer state and no
+update — they stay bit-identical. What is trainable is chosen by two regexes over '/'-joined
+parameter paths (`audio_encoder/blocks/block/query/kernel`): `config.trainable` minus
+`config.frozen`. With LoRA (`config.lora.rank > 0`) only the LoRA factors are trained.
+"""
+
+import dataclasses
+import re
+from typing import Any, Callable
+
+import jax
+import optax
+
+OPTIMIZERS = ("adamw", "adafactor", "sgd")
+SCHEDULES = ("warmup_cosine", "warmup_linear", "constant")
+
+
+def path_string(path) -> str:
+  """'audio_encoder/conv1/kernel' for a jax key path."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def path_tree(params) -> Any:
+  """The tree of '/'-joined paths of `params`."""
+  return jax.tree_util.tree_map_with_path(lambda p, _: path_string(p), params)
+
+
+def select(params, pattern: str, exclude: str = "") -> Any:
+  """Bool tree: paths matching `pattern` (re.search) and not matching `exclude`."""
+  keep = re.compile(pattern)
+  drop = re.compile(exclude) if exclude else None
+  return jax.tree.map(lambda p: bool(keep.search(p)) and not (drop and drop.search(p)),
+                      path_tree(params))
+
+
+def trainable_mask(config, params) -> Any:
+  """Which parameters a stage trains (all False with LoRA: the factors are trained instead)."""
+  if config.lora.rank > 0:
+    return jax.tree.map(lambda _: False, params)
+  mask = select(params, config.trainable, config.frozen)
+  if not any(jax.tree.leaves(mask)):
+    raise ValueError(f"config.trainable={config.trainable!r} (minus config.frozen="
+                     f"{config.frozen!r}) matches no parameter; paths look like "
+                     f"{jax.tree.leaves(path_tree(params))[:3]}")
+  return mask
+
+
+def partition(mask, params):
+  """(trainable, frozen) trees with `None` in place of the other part's leaves."""
+  trainable = jax.tree.map(lambda m, p: p if m else None, mask, params)
+  frozen = jax.tree.map(lambda m, p: None if m else p, mask, params)
+  return trainable, frozen
+
+
+def combine(mask, trainable, frozen):
+  """Inverse of `partition`."""
+  return jax.tree.map(lambda m, t, f: t if m else f, mask, trainable, frozen)
+
+
+def make_schedule(optim, total_steps: int) -> Callable[[Any], Any]:
+  """Learning rate by step: linear warmup to the peak, then cosine or linear decay, or constant."""
+  peak = optim.learning_rate
+  end = peak * optim.end_learning_rate_ratio
+  if optim.schedule == "constant":
+    return optax.constant_schedule(peak)
+  warmup = int(optim.warmup_steps)
+  decay_steps = max(int(total_steps), warmup + 1)
+  if optim.schedule == "warmup_cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, decay_steps, end)
+  if optim.schedule == "warmup_linear":
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup),
+                                 optax.linear_schedule(peak, end, decay_steps - warmup)],
+                                [warmup])
+  raise ValueError(f"config.optim.schedule={optim.schedule!r}: expected one of {SCHEDULES}")
+
+
+@dataclasses.dataclass
+class Optimizer:
+  """optax transformation over the trainable subtree, its schedule, and the trainable mask."""
+  tx: optax.GradientTransformation
+  schedule: Callable[[Any], Any]
+  trainable_mask: Any
+
+
+def make_optimizer(config, params) -> Optimizer:
+  """The stage's optimizer for `params` (arrays or ShapeDtypeStructs)."""
+  optim = config.optim
+  mask = trainable_mask(config, params)
+  schedule = make_schedule(optim, config.total_steps)
+  if optim.name == "adamw":
+    def decay_mask(tree):
+      # Leaves of the tree the optimizer sees (the trainable subtree, or the LoRA factors).
+      excluded = re.compile(optim.weight_decay_exclude) if optim.weight_decay_exclude else None
+      return jax.tree.map(lambda p: not (excluded and excluded.search(p)), path_tree(tree))
+    core = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                       weight_decay=optim.weight_decay, mask=decay_mask)
+  elif optim.name == "adafactor":
+    core = optax.adafactor(schedule, weight_decay_rate=optim.weight_decay or None)
+  elif optim.name == "sgd":
+    core = optax.sgd(schedule, momentum=optim.b1 or None)
+  else:
+    raise ValueError(f"config.optim.name={optim.name!r}: expected one of {OPTIMIZERS}")
+  parts = [optax.clip_by_global_norm(optim.grad_clip_norm)] if optim.grad_clip_norm else []
+  return Optimizer(optax.chain(*parts, core), schedule, mask)

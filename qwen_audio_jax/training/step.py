@@ -1,0 +1,240 @@
+"""The train and eval steps: pure functions the loop jits with explicit shardings.
+
+One train step:
+  features  waveform batches get their log-mel on the device (`audio.mel`); stage 1 applies
+            SpecAugment to each clip's valid frames, keyed by the state's RNG and the step;
+  forward   bf16 compute (model config `dtype`) over f32 master weights, remat per the model
+            config, LoRA factors merged into their kernels when enabled;
+  backward  gradients of the trainable subtree only (frozen parameters are constants);
+  accumulation
+            the batch is split into `grad_accum_steps` micro-batches (rows i, i+k, ..., so every
+            device keeps its share) and a `lax.scan` adds up their loss and gradient SUMS; one
+            division by the total number of target tokens then makes k micro-batches exactly one
+            batch of k times the size. optax.MultiSteps is not used: it averages per-micro-batch
+            means (wrong when micro-batches hold different numbers of target tokens) and costs
+            one dispatch per micro-batch;
+  update    optax (clipping, schedule, weight decay) on the trainable subtree;
+  guard     a NaN / Inf loss or gradient norm skips the update: parameters and optimizer state
+            stay as they were, `nonfinite` = 1 in the metrics (the loop halts or counts it, per
+            `config.nonfinite`). The step counter still advances, so the data stream and the
+            step numbers stay aligned; the optimizer's own count (and so its schedule) does not.
+"""
+
+import dataclasses
+from typing import Any, Dict, Tuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from qwen_audio_jax.audio import lengths, mel as mel_lib
+from qwen_audio_jax.audio.specaugment import SpecAugmentConfig, spec_augment
+from qwen_audio_jax.model.qwen_audio import QwenAudio
+from qwen_audio_jax.training import lora as lora_lib
+from qwen_audio_jax.training import loss as loss_lib
+from qwen_audio_jax.training import optimizer as optimizer_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: updates done (skipped ones included)
+  params: Any  # the whole parameter tree, f32 master weights
+  opt_state: Any  # over the trainable subtree (or the LoRA factors) only
+  rng: jax.Array  # PRNG key of the run; each step folds in its number
+  lora: Any  # {'path': {'a', 'b'}} LoRA factors, {} when LoRA is off
+
+
+def init_train_state(config, params, rng) -> TrainState:
+  """Step 0: optimizer state for what the stage trains, LoRA factors when enabled."""
+  optimizer = optimizer_lib.make_optimizer(config, params)
+  rng, lora_rng = jax.random.split(rng)
+  if config.lora.rank > 0:
+    factors = lora_lib.init_lora(config, params, lora_rng)
+    opt_state = optimizer.tx.init(factors)
+  else:
+    factors = {}
+    trainable, _ = optimizer_lib.partition(optimizer.trainable_mask, params)
+    opt_state = optimizer.tx.init(trainable)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=rng,
+                    lora=factors)
+
+
+def _dict_path(path) -> Tuple[str, ...]:
+  return tuple(str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def train_state_shardings(abstract_state: TrainState, mesh) -> TrainState:
+  """NamedShardings of a train state on `mesh`.
+
+  Parameters keep the shardings their abstract leaves carry (from the logical rules); optimizer
+  moments mirror the parameter they belong to (matched by the parameter's path at the end of
+  the state path, and its shape); counters, the RNG and the small LoRA factors are replicated.
+  """
+  replicated = NamedSharding(mesh, PartitionSpec())
+
+  def concrete(leaf):
+    sharding = getattr(leaf, "sharding", None)
+    spec = sharding.spec if isinstance(sharding, NamedSharding) else PartitionSpec()
+    return NamedSharding(mesh, spec)
+
+  params = jax.tree.map(concrete, abstract_state.params)
+  by_path = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]:
+    by_path[_dict_path(path)] = (leaf.shape, concrete(leaf))
+
+  def moment(path, leaf):
+    keys = _dict_path(path)
+    for start in range(len(keys)):
+      match = by_path.get(keys[start:])
+      if match is not None and match[0] == leaf.shape:
+        return match[1]
+    return replicated
+
+  opt_state = jax.tree_util.tree_map_with_path(moment, abstract_state.opt_state)
+  return TrainState(step=replicated, params=params, opt_state=opt_state, rng=replicated,
+                    lora=jax.tree.map(lambda _: replicated, abstract_state.lora))
+
+
+def specaugment_config(config) -> SpecAugmentConfig:
+  fields = {f.name for f in dataclasses.fields(SpecAugmentConfig)}
+  return SpecAugmentConfig(**{k: v for k, v in config.specaugment.items() if k in fields})
+
+
+def audio_features(batch, n_mels: int, key, augment: SpecAugmentConfig = None):
+  """[B, A, n_mels, 3000] log-mel of the batch's clips (computed here for waveform batches)."""
+  if "audio_wave" in batch:
+    wave = batch["audio_wave"]
+    mel = mel_lib.log_mel_spectrogram_jax(wave.reshape(-1, wave.shape[-1]), n_mels)
+    mel = mel.reshape(wave.shape[:2] + mel.shape[-2:])
+  elif "audio_mel" in batch:
+    mel = batch["audio_mel"]
+  else:
+    return None
+  if augment is not None and not augment.is_identity:
+    frames = lengths.mel_frames(batch["audio_lengths"]).reshape(-1)
+    flat = spec_augment(key, mel.reshape((-1,) + mel.shape[2:]), frames, augment)
+    mel = flat.reshape(mel.shape)
+  return mel
+
+
+def _forward(model, params, batch, mel, train: bool):
+  audio = {}
+  if mel is not None:
+    audio = dict(audio_mel=mel, audio_lengths=batch["audio_lengths"],
+                 audio_starts=batch["audio_starts"])
+  return model.apply({"params": params}, batch["input_ids"], positions=batch["positions"],
+                     segment_ids=batch["segment_ids"], train=train, **audio)
+
+
+def _micro_batches(batch: Dict[str, jax.Array], k: int) -> Dict[str, jax.Array]:
+  """[B, ...] -> [k, B / k, ...]; micro-batch i holds rows i, i + k, i + 2k, ..."""
+  def split(x):
+    rows = x.shape[0]
+    if rows % k:
+      raise ValueError(f"config.optim.grad_accum_steps={k} does not divide the batch of {rows} "
+                       "rows")
+    return jnp.swapaxes(x.reshape((rows // k, k) + x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
+SUM_KEYS = ("loss_sum", "z_loss_sum", "correct", "target_tokens", "task_loss_sum", "task_correct",
+            "task_target_tokens")
+
+
+def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
+  """train_step(state, batch) -> (state, metrics); see the module docstring."""
+  model = QwenAudio(model_config)
+  accum = int(config.optim.grad_accum_steps)
+  num_tasks = len(config.data.mixture)
+  z_weight = float(config.loss.z_loss_weight)
+  augment = specaugment_config(config) if config.specaugment.enabled else None
+  n_mels = model_config.encoder.n_mels
+  mask = optimizer.trainable_mask
+  use_lora = config.lora.rank > 0
+
+  def objective(trained, frozen, factors, micro, key):
+    if use_lora:
+      params = lora_lib.merge(config, frozen, trained)
+    else:
+      params = optimizer_lib.combine(mask, trained, frozen)
+    mel = audio_features(micro, n_mels, key, augment)
+    logits = _forward(model, params, micro, mel, train=True)
+    sums = loss_lib.loss_sums(logits, micro, num_tasks)
+    return sums["loss_sum"] + z_weight * sums["z_loss_sum"], sums
+
+  grad_fn = jax.grad(objective, has_aux=True)
+
+  def train_step(state: TrainState, batch):
+    key = jax.random.fold_in(state.rng, state.step)
+    if use_lora:
+      trained, frozen = state.lora, state.params
+    else:
+      trained, frozen = optimizer_lib.partition(mask, state.params)
+    micro = _micro_batches(batch, accum)
+
+    def one(carry, inputs):
+      grads, sums = carry
+      index, micro_batch = inputs
+      g, s = grad_fn(trained, frozen, state.lora, micro_batch, jax.random.fold_in(key, index))
+      return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, s)), None
+
+    zero_sums = {k: jnp.zeros((num_tasks,) if k.startswith("task_") else (), jnp.float32)
+                 for k in SUM_KEYS}
+    zero_grads = jax.tree.map(jnp.zeros_like, trained)
+    (grads, sums), _ = jax.lax.scan(one, (zero_grads, zero_sums), (jnp.arange(accum), micro))
+
+    tokens = jnp.maximum(sums["target_tokens"], 1.0)
+    grads = jax.tree.map(lambda g: g / tokens, grads)
+    loss = sums["loss_sum"] / tokens
+    z_loss = sums["z_loss_sum"] / tokens
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(z_loss)
+    updates, new_opt_state = optimizer.tx.update(grads, state.opt_state, trained)
+    new_trained = optax.apply_updates(trained, updates)
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+    new_trained = keep(new_trained, trained)
+    new_opt_state = keep(new_opt_state, state.opt_state)
+    if use_lora:
+      params, factors = state.params, new_trained
+    else:
+      params, factors = optimizer_lib.combine(mask, new_trained, frozen), state.lora
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=new_opt_state,
+                              lora=factors)
+    metrics = {
+        "loss": loss,
+        "z_loss": z_loss,
+        "grad_norm": grad_norm,
+        "learning_rate": jnp.asarray(optimizer.schedule(state.step), jnp.float32),
+        "accuracy": sums["correct"] / tokens,
+        "target_tokens": sums["target_tokens"],
+        "tokens": jnp.sum((batch["segment_ids"] != 0).astype(jnp.float32)),
+        "audio_seconds": jnp.sum(batch["audio_lengths"]).astype(jnp.float32) / lengths.SAMPLE_RATE,
+        "nonfinite": 1.0 - finite.astype(jnp.float32),
+        "task_loss": sums["task_loss_sum"] / jnp.maximum(sums["task_target_tokens"], 1.0),
+        "task_target_tokens": sums["task_target_tokens"],
+    }
+    return new_state, metrics
+
+  return train_step
+
+
+def eval_params(config, state: TrainState):
+  """The parameters to evaluate: LoRA factors merged into their kernels when enabled."""
+  return lora_lib.merge(config, state.params, state.lora) if config.lora.rank > 0 else state.params
+
+
+def make_eval_step(config, model_config):
+  """eval_step(params, batch) -> sums (loss, correct and target tokens; also per task)."""
+  model = QwenAudio(model_config)
+  num_tasks = len(config.eval_data.mixture)
+  n_mels = model_config.encoder.n_mels
+
+  def eval_step(params, batch):
+    mel = audio_features(batch, n_mels, None)
+    logits = _forward(model, params, batch, mel, train=False)
+    sums = loss_lib.loss_sums(logits, batch, num_tasks)
+    return {k: v for k, v in sums.items() if k != "z_loss_sum"}
+
+  return eval_step

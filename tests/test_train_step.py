@@ -1,0 +1,231 @@
+"""The train step core: freezing, accumulation, loss, non-finite guard, LoRA, layouts, schedules."""
+
+import dataclasses
+import importlib.util
+import math
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from qwen_audio_jax import sharding
+from qwen_audio_jax.audio import lengths
+from qwen_audio_jax.config import get_preset
+from qwen_audio_jax.model.params import init_params
+from qwen_audio_jax.model.qwen_audio import QwenAudio
+from qwen_audio_jax.training import loss as loss_lib
+from qwen_audio_jax.training import optimizer as optimizer_lib
+from qwen_audio_jax.training import step as step_lib
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VOCAB = 512
+AUDIO_START, AUDIO_PAD, AUDIO_END = 500, 501, 502
+CLIP = 8000  # 0.5 s
+
+
+def load_config(stage_file: str, preset: str = "demo"):
+  spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs", stage_file))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(preset)
+  config.specaugment.enabled = False
+  config.optim.warmup_steps = 0
+  config.optim.schedule = "constant"
+  config.optim.learning_rate = 1e-2
+  return config
+
+
+MODEL = dataclasses.replace(
+    get_preset("tiny"), llm=dataclasses.replace(get_preset("tiny").llm, vocab_size=VOCAB))
+
+
+@pytest.fixture(scope="module")
+def params():
+  return nn.unbox(init_params(MODEL, jax.random.key(0)))
+
+
+def make_batch(rows=4, length=40, seed=0, targets_from=None):
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(0, 400, (rows, length)).astype(np.int32)
+  span = lengths.audio_span(CLIP)
+  ids[:, 0], ids[:, 1:span - 1], ids[:, span - 1] = AUDIO_START, AUDIO_PAD, AUDIO_END
+  target = np.zeros((rows, length), bool)
+  for r in range(rows):  # rows hold different numbers of target tokens
+    first = targets_from[r] if targets_from else span + 2 + 3 * r
+    target[r, first:] = True
+  mel = rng.normal(size=(rows, 1, MODEL.encoder.n_mels, lengths.N_FRAMES)).astype(np.float32)
+  return dict(input_ids=ids, target_mask=target, segment_ids=np.ones((rows, length), np.int32),
+              positions=np.tile(np.arange(length, dtype=np.int32), (rows, 1)),
+              task_ids=np.tile((np.arange(rows) % 2)[:, None], (1, length)).astype(np.int32),
+              audio_mel=mel, audio_lengths=np.full((rows, 1), CLIP, np.int32),
+              audio_starts=np.zeros((rows, 1), np.int32))
+
+
+def run_steps(config, params, batch, steps=2):
+  optimizer = optimizer_lib.make_optimizer(config, params)
+  state = step_lib.init_train_state(config, params, jax.random.key(1))
+  train_step = jax.jit(step_lib.make_train_step(config, MODEL, optimizer))
+  metrics = []
+  for _ in range(steps):
+    state, m = train_step(state, batch)
+    metrics.append(jax.device_get(m))
+  return state, metrics
+
+
+@pytest.mark.parametrize("stage_file,trained,frozen", [
+    ("pretrain.py", ("audio_encoder", "audio_bos_eos"), ("llm",)),
+    ("sft.py", ("llm",), ("audio_encoder", "audio_bos_eos")),
+])
+def test_stage_freezes_what_the_recipe_freezes(params, stage_file, trained, frozen):
+  config = load_config(stage_file)
+  state, metrics = run_steps(config, params, make_batch())
+  for part in frozen:
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), params[part], state.params[part])
+    assert all(jax.tree.leaves(same)), part
+  for part in trained:
+    changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), params[part],
+                           state.params[part])
+    assert any(jax.tree.leaves(changed)), part
+  # No optimizer state at all for frozen leaves: the moments cover the trainable tree only.
+  moments = sum(x.size for x in jax.tree.leaves(state.opt_state))
+  trainable = sum(x.size for x in jax.tree.leaves(
+      optimizer_lib.partition(optimizer_lib.trainable_mask(config, params), params)[0]))
+  assert trainable < sum(x.size for x in jax.tree.leaves(params))
+  assert 2 * trainable <= moments <= 2 * trainable + 16
+  assert metrics[-1]["loss"] < metrics[0]["loss"] or stage_file == "pretrain.py"
+  # The encoder's fixed sinusoids are never trained.
+  np.testing.assert_array_equal(params["audio_encoder"]["positional_embedding"],
+                                state.params["audio_encoder"]["positional_embedding"])
+
+
+def test_accumulated_micro_batches_equal_one_big_batch(params):
+  config = load_config("sft.py")
+  batch = make_batch(rows=4, targets_from=[60, 70, 90, 100])
+  big, big_metrics = run_steps(config, params, batch, steps=1)
+  config.optim.grad_accum_steps = 2
+  accumulated, acc_metrics = run_steps(config, params, batch, steps=1)
+  np.testing.assert_allclose(acc_metrics[0]["loss"], big_metrics[0]["loss"], rtol=1e-6)
+  np.testing.assert_allclose(acc_metrics[0]["grad_norm"], big_metrics[0]["grad_norm"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(accumulated.params), jax.tree.leaves(big.params)):
+    np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+def test_loss_matches_a_numpy_reference(params):
+  batch = make_batch()
+  batch["segment_ids"][1, 50:] = 2  # a packed second example: no prediction across the boundary
+  batch["segment_ids"][2, 60:] = 0  # padding
+  logits = QwenAudio(MODEL).apply({"params": params}, batch["input_ids"],
+                                  positions=batch["positions"], segment_ids=batch["segment_ids"],
+                                  audio_mel=batch["audio_mel"],
+                                  audio_lengths=batch["audio_lengths"],
+                                  audio_starts=batch["audio_starts"])
+  sums = jax.device_get(loss_lib.loss_sums(logits, batch, num_tasks=2))
+  logits = np.asarray(logits, np.float64)
+  total, z, count, correct = 0.0, 0.0, 0, 0
+  task_loss = np.zeros(2)
+  for b in range(logits.shape[0]):
+    for t in range(logits.shape[1] - 1):
+      seg = batch["segment_ids"][b]
+      if not (batch["target_mask"][b, t + 1] and seg[t + 1] == seg[t] and seg[t + 1] != 0):
+        continue
+      row = logits[b, t]
+      log_z = np.log(np.sum(np.exp(row - row.max()))) + row.max()
+      label = batch["input_ids"][b, t + 1]
+      total += log_z - row[label]
+      task_loss[batch["task_ids"][b, t + 1]] += log_z - row[label]
+      z += log_z ** 2
+      count += 1
+      correct += int(np.argmax(row) == label)
+  assert sums["target_tokens"] == count
+  np.testing.assert_allclose(sums["loss_sum"], total, rtol=1e-5)
+  np.testing.assert_allclose(sums["z_loss_sum"], z, rtol=1e-5)
+  np.testing.assert_allclose(sums["task_loss_sum"], task_loss, rtol=1e-5)
+  assert sums["correct"] == correct
+
+
+def test_nonfinite_step_is_skipped(params):
+  config = load_config("sft.py")
+  batch = make_batch()
+  batch["audio_mel"][0, 0, 0, 0] = np.nan
+  state, metrics = run_steps(config, params, batch, steps=1)
+  assert metrics[0]["nonfinite"] == 1.0
+  assert int(state.step) == 1
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_lora_trains_only_its_factors_and_starts_from_the_base(params):
+  config = load_config("sft.py")
+  config.lora.rank = 4
+  batch = make_batch()
+  state = step_lib.init_train_state(config, params, jax.random.key(1))
+  assert state.lora and all(k.startswith("llm/") for k in state.lora)
+  merged = step_lib.eval_params(config, state)
+  for a, b in zip(jax.tree.leaves(merged), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)  # B = 0 at the start
+  state, metrics = run_steps(config, params, batch, steps=3)
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)  # the base is frozen
+  assert any(float(jnp.abs(f["b"]).max()) > 0 for f in state.lora.values())
+  assert metrics[-1]["loss"] < metrics[0]["loss"]
+
+
+@pytest.fixture(scope="module")
+def single_device_first_step(params):
+  return run_steps(load_config("pretrain.py"), params, make_batch(rows=8), steps=1)[1]
+
+
+@pytest.mark.parametrize("mesh_shape", [(8, 1, 1), (1, 8, 1), (1, 4, 2)])
+def test_first_step_is_the_same_on_every_mesh_layout(params, single_device_first_step,
+                                                     mesh_shape):
+  config = load_config("pretrain.py")
+  batch = make_batch(rows=8)
+  expected = single_device_first_step
+  mesh = sharding.make_mesh(mesh_shape)
+  optimizer = optimizer_lib.make_optimizer(config, params)
+  abstract = jax.eval_shape(lambda p: step_lib.init_train_state(config, p, jax.random.key(1)),
+                            params)
+  boxed = jax.eval_shape(lambda: init_params(MODEL, jax.random.key(0)))
+  param_shardings = sharding.param_shardings(boxed, mesh)
+  abstract = abstract.replace(params=jax.tree.map(
+      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract.params,
+      param_shardings))
+  shardings = step_lib.train_state_shardings(abstract, mesh)
+  state = jax.jit(lambda p: step_lib.init_train_state(config, p, jax.random.key(1)),
+                  out_shardings=shardings)(params)
+  global_batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim))
+                  for k, v in batch.items()}
+  with sharding.activation_sharding(mesh):
+    train_step = jax.jit(step_lib.make_train_step(config, MODEL, optimizer),
+                         in_shardings=(shardings, None), out_shardings=(shardings, None),
+                         donate_argnums=0)
+    _, metrics = train_step(state, global_batch)
+  np.testing.assert_allclose(metrics["loss"], expected[0]["loss"], rtol=1e-5)
+  np.testing.assert_allclose(metrics["grad_norm"], expected[0]["grad_norm"], rtol=1e-4)
+
+
+def test_schedules_follow_their_closed_forms():
+  config = load_config("pretrain.py")
+  optim = config.optim
+  optim.learning_rate, optim.warmup_steps, optim.end_learning_rate_ratio = 1e-3, 10, 0.1
+  optim.schedule = "warmup_cosine"
+  schedule = optimizer_lib.make_schedule(optim, total_steps=110)
+  for step in (0, 5, 10, 60, 110):
+    if step <= 10:
+      expected = 1e-3 * step / 10
+    else:
+      expected = 1e-4 + 0.5 * (1e-3 - 1e-4) * (1 + math.cos(math.pi * (step - 10) / 100))
+    np.testing.assert_allclose(schedule(step), expected, rtol=1e-5, atol=1e-9)
+  optim.schedule = "warmup_linear"
+  schedule = optimizer_lib.make_schedule(optim, total_steps=110)
+  np.testing.assert_allclose(schedule(60), 1e-3 - 0.5 * (1e-3 - 1e-4), rtol=1e-5)
+
+
+def test_a_trainable_regex_that_matches_nothing_is_named(params):
+  config = load_config("pretrain.py")
+  config.trainable = "^decoder/"
+  with pytest.raises(ValueError, match="config.trainable='\\^decoder/'"):
+    optimizer_lib.make_optimizer(config, params)
