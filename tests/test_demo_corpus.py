@@ -13,8 +13,8 @@ from qwen_audio_jax.data import manifest as manifest_lib
 from qwen_audio_jax.data.config import DEMO_DIR
 
 EXPECTED_COUNTS = {
-    "train": {"asr": 64, "srwt": 64, "caption": 60, "event": 60, "aqa": 20, "chat": 144},
-    "eval": {"asr": 8, "srwt": 8, "caption": 12, "event": 12, "aqa": 4, "chat": 23},
+    "train": {"asr": 64, "srwt": 64, "caption": 60, "event": 60, "aqa": 40, "chat": 144},
+    "eval": {"asr": 8, "srwt": 8, "caption": 12, "event": 12, "aqa": 8, "chat": 23},
 }
 
 
@@ -69,3 +69,38 @@ def test_word_times_hold():
     gaps = np.concatenate([wave[int(a["end"] * rate) + 80:int(b["start"] * rate) - 80]
                            for a, b in zip(words, words[1:])])
     assert np.sqrt(np.mean(speech ** 2)) > 30 * np.sqrt(np.mean(gaps ** 2) + 1e-12), row["id"]
+
+
+NUMBERS = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven"]
+
+
+def count_bursts(wave: np.ndarray, rate: int) -> int:
+  """Loud events: 5 ms frames above a tenth of the peak level, split by >= 40 ms of quiet."""
+  frame = rate // 200
+  level = np.sqrt(np.mean(wave[:len(wave) // frame * frame].reshape(-1, frame) ** 2, axis=1))
+  loud = np.flatnonzero(level > 0.1 * level.max())
+  return 1 + int(np.sum(np.diff(loud) >= 8))
+
+
+def dominant_frequency(wave: np.ndarray, rate: int) -> float:
+  spectrum = np.abs(np.fft.rfft(wave * np.hanning(len(wave))))
+  return float(np.argmax(spectrum) * rate / len(wave))
+
+
+def test_aqa_answers_follow_from_the_audio():
+  """Beeps and clicks are counted and sweeps are heard rising or falling from the waveform."""
+  checked = collections.Counter()
+  for row in [r for r in rows_of("train") + rows_of("eval") if r["task"] == "aqa"]:
+    wave, rate = sf.read(os.path.join(DEMO_DIR, row["audio"]), dtype="float32")
+    assert row["answer"] in row.get("choices", [row["answer"]]), row["id"]
+    if row["question"] in ("How many beeps are there?", "How many clicks are there?"):
+      assert NUMBERS[count_bursts(wave, rate) - 1] == row["answer"], row["id"]
+    elif row["question"] == "Is the tone rising or falling?":
+      loud = np.flatnonzero(np.abs(wave) > 0.1)
+      head, tail = wave[loud[0]:loud[0] + rate // 4], wave[loud[-1] - rate // 4:loud[-1]]
+      rising = dominant_frequency(tail, rate) > dominant_frequency(head, rate)
+      assert row["answer"] == ("rising" if rising else "falling"), row["id"]
+    else:
+      assert (row["question"], row["answer"]) == ("How many notes are played together?", "three")
+    checked[row["question"]] += 1
+  assert len(checked) == 4 and min(checked.values()) >= 5

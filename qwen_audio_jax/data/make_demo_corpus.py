@@ -6,14 +6,15 @@ Speech: English sentences spoken by espeak-ng (several voices and speeds; `apt-g
 espeak-ng`). Each word is synthesised on its own, its leading and trailing silence trimmed, and
 the words are joined with short pauses, so every word's start and end time is known by
 construction (to the sample, stored rounded to 0.01 s). Sounds: tones, beeps, sweeps, chords,
-noise bursts and click trains made with numpy, with a class label, a caption and questions
-whose answers follow from how they were made.
+noise bursts and click trains made with numpy, with a class label, a caption and (for beeps,
+sweeps, chords and clicks) a question whose answer follows from how the sound was made.
 
 Rows (schema: qwen_audio_jax/data/README.md): `asr` and `srwt` for every speech clip, `caption`
-and `event` for every sound clip, `aqa` for the beep and sweep clips, and `chat` dialogues over
-both (some multi-turn, some with two clips). Clips are Ogg Vorbis at 16 kHz mono: the corpus must
-stay small, and lossy coding does not move word boundaries. Output is deterministic for a seed
-(Vorbis encoding itself is deterministic with libsndfile 1.2).
+and `event` for every sound clip, `aqa` for the sound clips that have a question, and `chat`
+dialogues over both (some multi-turn, some with two clips). Clips are Ogg Vorbis at 16 kHz mono:
+the corpus must stay small, and lossy coding does not move word boundaries. For a seed the
+manifests and the decoded audio are reproduced exactly; the .ogg bytes are not, because every
+Ogg stream gets a random serial number.
 """
 
 import argparse
@@ -74,7 +75,8 @@ the shop on the corner sells cheap shoes
 rain fell all night on the tin roof
 """.strip().splitlines()
 
-NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five"}
+NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven",
+                8: "eight", 9: "nine", 10: "ten", 11: "eleven"}
 
 
 # --------------------------------------------------------------------------- speech
@@ -124,7 +126,8 @@ def _silence(seconds):
 
 
 def make_sound(kind: str, rng: np.random.Generator) -> Tuple[np.ndarray, Dict]:
-  """A synthetic sound of `kind`, with its label, caption and question/answer."""
+  """A synthetic sound of `kind` with its label, caption, a noun phrase naming it (used in the
+  two-clip dialogues) and, for some kinds, a question with its answer and choices."""
   background = lambda n: rng.normal(0, 0.003, n)  # noqa: E731
   if kind == "beeps":
     count = int(rng.integers(1, 6))
@@ -136,6 +139,7 @@ def make_sound(kind: str, rng: np.random.Generator) -> Tuple[np.ndarray, Dict]:
     pitch = "high-pitched" if freq >= 1000 else "mid-pitched"
     times = NUMBER_WORDS[count] + (" time" if count == 1 else " times")
     info = dict(label="beep", caption=f"A {pitch} electronic beep sounds {times}.",
+                phrase="a single beep" if count == 1 else "a series of beeps",
                 question="How many beeps are there?", answer=NUMBER_WORDS[count],
                 choices=[NUMBER_WORDS[i] for i in range(1, 6)])
   elif kind == "sweep":
@@ -146,7 +150,9 @@ def make_sound(kind: str, rng: np.random.Generator) -> Tuple[np.ndarray, Dict]:
     phase = 2 * np.pi * (f0 * t + (f1 - f0) * t ** 2 / (2 * seconds))
     wave = 0.4 * np.sin(phase) * np.minimum(1, np.minimum(t, t[::-1]) / 0.02)
     direction = "rising" if rising else "falling"
-    info = dict(label="sweep", caption=f"A pure tone glides steadily {'upward' if rising else 'downward'} in pitch.",
+    glide = "upward" if rising else "downward"
+    info = dict(label="sweep", phrase="a tone sweep",
+                caption=f"A pure tone glides steadily {glide} in pitch.",
                 question="Is the tone rising or falling?", answer=direction,
                 choices=["rising", "falling"])
   elif kind == "siren":
@@ -155,19 +161,23 @@ def make_sound(kind: str, rng: np.random.Generator) -> Tuple[np.ndarray, Dict]:
     rate = rng.uniform(1.5, 3.0)
     freq = 900 + 300 * np.sin(2 * np.pi * rate * t)
     wave = 0.35 * np.sin(2 * np.pi * np.cumsum(freq) / RATE)
-    info = dict(label="siren", caption="A siren wails up and down repeatedly.")
+    info = dict(label="siren", phrase="a siren", caption="A siren wails up and down repeatedly.")
   elif kind == "chord":
     root = float(rng.choice([220, 262, 330]))
     seconds = rng.uniform(1.0, 2.5)
     wave = sum(_tone(root * r, seconds, rng, 0.15) for r in (1.0, 1.26, 1.5))
     wave *= np.exp(-np.arange(len(wave)) / RATE * 1.2)
-    info = dict(label="chord", caption="A soft major chord rings out and slowly fades away.")
+    info = dict(label="chord", phrase="a musical chord",
+                caption="A soft major chord rings out and slowly fades away.",
+                question="How many notes are played together?", answer="three",
+                choices=["one", "two", "three", "four"])
   elif kind == "noise":
     seconds = rng.uniform(0.8, 2.0)
     n = int(seconds * RATE)
     envelope = np.minimum(1, np.minimum(np.arange(n), np.arange(n)[::-1]) / (0.05 * RATE))
     wave = rng.normal(0, 0.15, n) * envelope
-    info = dict(label="noise", caption="A burst of static hiss fades in and out.")
+    info = dict(label="noise", phrase="a burst of noise",
+                caption="A burst of static hiss fades in and out.")
   elif kind == "clicks":
     count = int(rng.integers(4, 12))
     gap = rng.uniform(0.08, 0.2)
@@ -175,7 +185,9 @@ def make_sound(kind: str, rng: np.random.Generator) -> Tuple[np.ndarray, Dict]:
     for i in range(count):
       start = int((0.1 + i * gap) * RATE)
       wave[start:start + 40] += 0.6 * np.hanning(40) * np.sign(rng.normal(size=40))
-    info = dict(label="clicks", caption="A rapid series of sharp clicks ticks like a clock.")
+    info = dict(label="clicks", phrase="a train of clicks",
+                caption="A rapid series of sharp clicks ticks like a clock.",
+                question="How many clicks are there?", answer=NUMBER_WORDS[count])
   else:
     raise ValueError(f"unknown sound kind {kind!r}")
   wave = np.concatenate([_silence(0.1), wave, _silence(0.1)])
@@ -211,14 +223,17 @@ def chat_rows(speech: List[Dict], sounds: List[Dict], rng: np.random.Generator) 
     rows.append({"id": f"chat-sound-{clip['id']}", "task": "chat", "messages": [
         {"role": "user", "content": [{"audio": clip["audio"]}, {"text": "Describe the sound."}]},
         {"role": "assistant", "content": clip["caption"]}]})
-  for i in range(0, min(len(speech), len(sounds)) - 1, 3):
-    a, b = speech[i], sounds[i]
-    rows.append({"id": f"chat-pair-{a['id']}-{b['id']}", "task": "chat", "messages": [
+  for pair, i in enumerate(range(0, min(len(speech), len(sounds)) - 1, 3)):
+    spoken, sound = speech[i], sounds[i]
+    speech_first = pair % 2 == 0  # alternate so the answer does not follow from position
+    first, second = (spoken, sound) if speech_first else (sound, spoken)
+    answer = (f"The first clip contains speech; the second is {sound['phrase']}." if speech_first
+              else f"The second clip contains speech; the first is {sound['phrase']}.")
+    rows.append({"id": f"chat-pair-{first['id']}-{second['id']}", "task": "chat", "messages": [
         {"role": "system", "content": "You are a helpful assistant that listens carefully."},
-        {"role": "user", "content": [{"audio": a["audio"]}, {"audio": b["audio"]},
+        {"role": "user", "content": [{"audio": first["audio"]}, {"audio": second["audio"]},
                                      {"text": "Which clip contains speech?"}]},
-        {"role": "assistant", "content": "Audio 1 contains speech; Audio 2 is "
-                                         f"{b['label'] if b['label'] != 'noise' else 'noise'}."}]})
+        {"role": "assistant", "content": answer}]})
   order = rng.permutation(len(rows))
   return [rows[i] for i in order]
 
@@ -244,7 +259,7 @@ def build_split(split: str, sentences: List[str], n_sounds: int, out_dir: str,
     clip_id = f"{split}-sound-{i:03d}"
     audio = write_clip(out_dir, clip_id, wave)
     sounds.append({"id": clip_id, "audio": audio, "caption": info["caption"],
-                   "label": info["label"]})
+                   "phrase": info["phrase"]})
     rows.append({"id": f"caption-{clip_id}", "task": "caption", "audio": audio,
                  "audio_language": "unknown", "text": info["caption"], "style": "plain"})
     rows.append({"id": f"event-{clip_id}", "task": "event", "audio": audio,
@@ -252,7 +267,9 @@ def build_split(split: str, sentences: List[str], n_sounds: int, out_dir: str,
     if "question" in info:
       rows.append({"id": f"aqa-{clip_id}", "task": "aqa", "audio": audio,
                    "audio_language": "unknown", "question": info["question"],
-                   "answer": info["answer"], "choices": info["choices"]})
+                   "answer": info["answer"]})
+      if "choices" in info:
+        rows[-1]["choices"] = info["choices"]
   rows += chat_rows(speech, sounds, rng)
   return rows
 
