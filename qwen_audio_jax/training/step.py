@@ -139,6 +139,11 @@ def _micro_batches(batch: Dict[str, jax.Array], k: int) -> Dict[str, jax.Array]:
   return jax.tree.map(split, batch)
 
 
+def _where(condition, new, old):
+  """`new` where `condition` holds, else `old`, leaf by leaf (a skipped update keeps `old`)."""
+  return jax.tree.map(lambda n, o: jnp.where(condition, n, o), new, old)
+
+
 SUM_KEYS = ("loss_sum", "z_loss_sum", "correct", "target_tokens", "task_loss_sum", "task_correct",
             "task_target_tokens")
 
@@ -154,7 +159,7 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
   mask = optimizer.trainable_mask
   use_lora = config.lora.rank > 0
 
-  def objective(trained, frozen, factors, micro, key):
+  def objective(trained, frozen, micro, key):
     if use_lora:
       params = lora_lib.merge(config, frozen, trained)
     else:
@@ -166,26 +171,32 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
 
   grad_fn = jax.grad(objective, has_aux=True)
 
+  def gradient_sums(trained, frozen, batch, key):
+    """Loss and gradient sums over the batch, one micro-batch at a time when accumulating."""
+    if accum == 1:  # no loop: XLA schedules a plain step better than a one-trip while loop
+      return grad_fn(trained, frozen, batch, key)
+
+    def one(carry, inputs):
+      index, micro_batch = inputs
+      g, s = grad_fn(trained, frozen, micro_batch, jax.random.fold_in(key, index))
+      return jax.tree.map(jnp.add, carry, (g, s)), None
+
+    zero_sums = {k: jnp.zeros((num_tasks,) if k.startswith("task_") else (), jnp.float32)
+                 for k in SUM_KEYS}
+    zero = (jax.tree.map(jnp.zeros_like, trained), zero_sums)
+    micro = _micro_batches(batch, accum)
+    return jax.lax.scan(one, zero, (jnp.arange(accum), micro))[0]
+
   def train_step(state: TrainState, batch):
     key = jax.random.fold_in(state.rng, state.step)
     if use_lora:
       trained, frozen = state.lora, state.params
     else:
       trained, frozen = optimizer_lib.partition(mask, state.params)
-    micro = _micro_batches(batch, accum)
-
-    def one(carry, inputs):
-      grads, sums = carry
-      index, micro_batch = inputs
-      g, s = grad_fn(trained, frozen, state.lora, micro_batch, jax.random.fold_in(key, index))
-      return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, sums, s)), None
-
-    zero_sums = {k: jnp.zeros((num_tasks,) if k.startswith("task_") else (), jnp.float32)
-                 for k in SUM_KEYS}
-    zero_grads = jax.tree.map(jnp.zeros_like, trained)
-    (grads, sums), _ = jax.lax.scan(one, (zero_grads, zero_sums), (jnp.arange(accum), micro))
+    grads, sums = gradient_sums(trained, frozen, batch, key)
 
     tokens = jnp.maximum(sums["target_tokens"], 1.0)
+    task_tokens = jnp.maximum(sums["task_target_tokens"], 1.0)
     grads = jax.tree.map(lambda g: g / tokens, grads)
     loss = sums["loss_sum"] / tokens
     z_loss = sums["z_loss_sum"] / tokens
@@ -193,9 +204,8 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(z_loss)
     updates, new_opt_state = optimizer.tx.update(grads, state.opt_state, trained)
     new_trained = optax.apply_updates(trained, updates)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
-    new_trained = keep(new_trained, trained)
-    new_opt_state = keep(new_opt_state, state.opt_state)
+    new_trained = _where(finite, new_trained, trained)
+    new_opt_state = _where(finite, new_opt_state, state.opt_state)
     if use_lora:
       params, factors = state.params, new_trained
     else:
@@ -206,13 +216,15 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
         "loss": loss,
         "z_loss": z_loss,
         "grad_norm": grad_norm,
+        # The schedule at this step (after skipped steps the optimizer's own count lags behind).
         "learning_rate": jnp.asarray(optimizer.schedule(state.step), jnp.float32),
         "accuracy": sums["correct"] / tokens,
         "target_tokens": sums["target_tokens"],
         "tokens": jnp.sum((batch["segment_ids"] != 0).astype(jnp.float32)),
         "audio_seconds": jnp.sum(batch["audio_lengths"]).astype(jnp.float32) / lengths.SAMPLE_RATE,
         "nonfinite": 1.0 - finite.astype(jnp.float32),
-        "task_loss": sums["task_loss_sum"] / jnp.maximum(sums["task_target_tokens"], 1.0),
+        "task_loss": sums["task_loss_sum"] / task_tokens,
+        "task_accuracy": sums["task_correct"] / task_tokens,
         "task_target_tokens": sums["task_target_tokens"],
     }
     return new_state, metrics

@@ -1,0 +1,84 @@
+"""Keys shared by both training stages (see the per-stage files for the recipes).
+
+Every key of a training config is created here, so `--config.<key>=value` can override any of
+them; `qwen_audio_jax.training.validation` checks the whole config before anything compiles.
+"""
+
+import ml_collections
+
+from qwen_audio_jax.data.config import get_data_config
+
+# The data config of each training stage: stage 2 trains on dialogues.
+DATA_STAGE = {"pretrain": "pretrain", "sft": "chat"}
+
+
+def base_config(stage: str) -> ml_collections.ConfigDict:
+  """Defaults of one stage ('pretrain' or 'sft'); presets change what differs."""
+  c = ml_collections.ConfigDict()
+  c.stage = stage
+  # Model: a preset of qwen_audio_jax.config plus field overrides; `encoder` / `llm` overrides
+  # are dicts of sub-fields, e.g. overrides.llm = {'depth': 1}.
+  c.model = ml_collections.ConfigDict(dict(preset="tiny", overrides=ml_collections.ConfigDict()))
+  c.seed = 0
+  c.total_steps = 1000
+
+  c.optim = ml_collections.ConfigDict(dict(
+      name="adamw",  # 'adamw' | 'adafactor' | 'sgd'
+      learning_rate=1e-4,  # peak
+      schedule="warmup_cosine",  # 'warmup_cosine' | 'warmup_linear' | 'constant'
+      warmup_steps=100,
+      end_learning_rate_ratio=0.1,  # final / peak learning rate
+      b1=0.9, b2=0.98, eps=1e-6,
+      weight_decay=0.05,
+      # No decay for norm scales, biases and the audio bos/eos rows.
+      weight_decay_exclude=r"/(bias|scale)$|^audio_bos_eos$",
+      grad_clip_norm=1.0,
+      grad_accum_steps=1,
+  ))
+  # Stage 1 trains the audio encoder (with its projection) and the audio bos/eos rows with the
+  # LLM frozen; stage 2 trains the LLM with the encoder frozen.
+  c.trainable = r"^audio_encoder/|^audio_bos_eos" if stage == "pretrain" else r"^llm/"
+  # Whisper's positional embedding is a fixed sinusoid (a buffer in the reference models): it is
+  # stored with the parameters but never trained.
+  c.frozen = r"^audio_encoder/positional_embedding$"
+  c.lora = ml_collections.ConfigDict(dict(
+      rank=0, alpha=16.0, target=r"^llm/.*/(query|key|value|out)/kernel$"))
+  c.loss = ml_collections.ConfigDict(dict(z_loss_weight=0.0))
+  c.nonfinite = "skip"  # 'skip' the update (counted) or 'halt' the run
+  c.specaugment = ml_collections.ConfigDict(dict(
+      enabled=stage == "pretrain", num_freq_masks=2, max_freq_width=27, num_time_masks=2,
+      max_time_width=100, time_masks_per_frame=0.0, max_time_width_ratio=1.0, max_time_warp=0,
+      mask_value="mean"))
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1))
+
+  c.data = get_data_config(DATA_STAGE[stage], "train")
+  c.eval_data = get_data_config(DATA_STAGE[stage], "eval")
+
+  c.init = ml_collections.ConfigDict(dict(checkpoint="", whisper="", llm=""))
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=500, keep=3, keep_best_metric="", async_save=True))
+
+  c.log_every = 10
+  c.eval_every = 500
+  c.eval_steps = 0  # batches per evaluation; 0 = one full pass over eval_data
+  c.tensorboard = True
+  c.wandb = False
+  c.wandb_project = "qwen_audio_jax"
+  c.compilation_cache_dir = ""  # '' = <workdir>/../.jax_cache
+  return c
+
+
+def demo_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """CPU demo on the bundled corpus: the tiny model, small batches, a couple of minutes."""
+  c.model.preset = "tiny"
+  c.data.batch_size = 2
+  c.eval_data.batch_size = 4
+  c.data.text_buckets = (128, 256)
+  c.eval_data.text_buckets = (128, 256)
+  c.log_every = 10
+  c.checkpoint.every_steps = 50
+  c.checkpoint.keep = 2
+  c.checkpoint.keep_best_metric = "eval/loss"
+  c.eval_every = 50
+  c.eval_steps = 4
+  return c

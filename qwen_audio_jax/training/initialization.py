@@ -1,0 +1,167 @@
+"""Where a run's first parameters come from: a fresh init, a full checkpoint, or a merge.
+
+    config.init.checkpoint   a complete parameter set: a checkpoint written by
+                             `python -m qwen_audio_jax.convert` (e.g. the released Qwen-Audio) or a
+                             step directory of an earlier run of this trainer (stage 2 from
+                             stage 1: `<workdir>/checkpoints/<step>`).
+    config.init.whisper      converted encoder parameters (layout 'whisper') and
+    config.init.llm          converted LLM parameters (layouts 'qwen' / 'qwen2'), merged into a
+                             fresh init: stage 1 starts from Whisper-large-v2 + Qwen-7B with the
+                             projection and the audio bos/eos rows new.
+    (none of them)           a fresh init from the model config (demo, tests, ablations).
+
+Every restored leaf is checked against the shape the model config expects; the parameters come
+back as jax.Arrays already placed with the mesh's shardings.
+"""
+
+import dataclasses
+import os
+from typing import Any, Dict, List, Tuple
+
+import flax.linen as nn
+import jax
+import ml_collections
+from absl import logging
+from jax.sharding import Mesh
+
+from qwen_audio_jax import config as model_config_lib
+from qwen_audio_jax import convert, sharding
+from qwen_audio_jax.model import params as params_lib
+
+NESTED_MODEL_FIELDS = {"encoder": model_config_lib.EncoderConfig, "llm": model_config_lib.LLMConfig}
+
+
+def model_config_from(config: ml_collections.ConfigDict) -> model_config_lib.QwenAudioConfig:
+  """The QwenAudioConfig of config.model (preset + overrides; encoder / llm take sub-dicts)."""
+  preset = config.model.preset
+  if preset not in model_config_lib.PRESETS:
+    raise ValueError(f"config.model.preset={preset!r}: unknown preset; expected one of "
+                     f"{sorted(model_config_lib.PRESETS)}")
+  base = model_config_lib.PRESETS[preset]
+  overrides = dict(config.model.overrides.to_dict()) if config.model.overrides else {}
+  fields = {f.name for f in dataclasses.fields(base)}
+  replaced = {}
+  for key, value in overrides.items():
+    if key not in fields:
+      raise ValueError(f"config.model.overrides.{key}: not a field of QwenAudioConfig; expected "
+                       f"one of {sorted(fields)}")
+    if key in NESTED_MODEL_FIELDS:
+      sub = getattr(base, key)
+      sub_fields = {f.name for f in dataclasses.fields(sub)}
+      if not isinstance(value, dict):
+        raise ValueError(f"config.model.overrides.{key}: expected a dict of "
+                         f"{NESTED_MODEL_FIELDS[key].__name__} fields, got {value!r}")
+      for sub_key in value:
+        if sub_key not in sub_fields:
+          raise ValueError(f"config.model.overrides.{key}.{sub_key}: not a field of "
+                           f"{NESTED_MODEL_FIELDS[key].__name__}; expected one of "
+                           f"{sorted(sub_fields)}")
+      value = dataclasses.replace(sub, **value)
+    replaced[key] = value
+  try:
+    return dataclasses.replace(base, **replaced)
+  except ValueError as e:
+    raise ValueError(f"config.model.overrides: {e}") from e
+
+
+def param_shardings(model_config, mesh: Mesh):
+  """NamedShardings of the (unboxed) parameter tree under the logical axis rules."""
+  return sharding.param_shardings(params_lib.abstract_params(model_config), mesh)
+
+
+def abstract_params(model_config, mesh: Mesh):
+  """ShapeDtypeStructs of the unboxed parameters, carrying their shardings."""
+  shapes = nn.unbox(params_lib.abstract_params(model_config))
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      shapes, param_shardings(model_config, mesh))
+
+
+def random_params(model_config, mesh: Mesh, rng: jax.Array) -> Dict:
+  """A fresh init, each leaf created directly in its sharding."""
+  shardings = param_shardings(model_config, mesh)
+  init = jax.jit(lambda key: nn.unbox(params_lib.init_params(model_config, key)),
+                 out_shardings=shardings)
+  return init(rng)
+
+
+def _flat(tree) -> Dict[Tuple[str, ...], Any]:
+  return {tuple(getattr(k, "key", str(k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _path(path: Tuple[str, ...]) -> str:
+  return "/".join(path)
+
+
+def _check_against(restored: Dict, expected, where: str, *, complete: bool) -> None:
+  """Shapes of `restored` vs the abstract `expected`; `complete`: every leaf must be there."""
+  got, want = _flat(restored), _flat(expected)
+  for path, leaf in got.items():
+    if path not in want:
+      raise ValueError(f"{where}: parameter {_path(path)} is not part of the model config")
+    if tuple(leaf.shape) != tuple(want[path].shape):
+      raise ValueError(f"{where}: parameter {_path(path)} has shape {tuple(leaf.shape)}, the "
+                       f"model config expects {tuple(want[path].shape)}")
+  if complete:
+    missing = [p for p in want if p not in got]
+    if missing:
+      raise ValueError(f"{where}: {len(missing)} parameters of the model are missing, first "
+                       f"{_path(missing[0])}")
+
+
+def _merge(base: Dict, part: Dict) -> Dict:
+  """`base` with the leaves of `part` put in at the same paths."""
+  out = dict(base)
+  for key, value in part.items():
+    out[key] = _merge(base[key], value) if isinstance(value, dict) else value
+  return out
+
+
+def load_full(path: str, model_config, mesh: Mesh) -> Dict:
+  """Complete parameters from a converted checkpoint or a step directory of a training run."""
+  from qwen_audio_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+  expected = abstract_params(model_config, mesh)
+  if checkpointing.is_run_step_dir(path):
+    params = checkpointing.restore_params_from_step_dir(path, expected)
+  else:
+    params = convert.load_params(path, model_config, param_shardings(model_config, mesh))
+  _check_against(params, expected, f"config.init.checkpoint={path!r}", complete=True)
+  return params
+
+
+def initial_params(config: ml_collections.ConfigDict, model_config, mesh: Mesh,
+                   rng: jax.Array) -> Tuple[Dict, List[str]]:
+  """The run's first parameters and a description of where each part came from."""
+  init = config.init
+  if init.checkpoint:
+    return load_full(init.checkpoint, model_config, mesh), [f"all from {init.checkpoint}"]
+  params = random_params(model_config, mesh, rng)
+  sources, restored = [], set()
+  expected = abstract_params(model_config, mesh)
+  for key, path in (("whisper", init.whisper), ("llm", init.llm)):
+    if not path:
+      continue
+    part = convert.load_params(path, model_config, param_shardings(model_config, mesh))
+    _check_against(part, expected, f"config.init.{key}={path!r}", complete=False)
+    params = _merge(params, part)
+    restored.update(_flat(part))
+    sources.append(f"{', '.join(sorted(part))} ({len(_flat(part))} arrays) from {path}")
+  if sources:
+    fresh = sorted(_path(p) for p in _flat(params) if p not in restored)
+    sources.append(f"{len(fresh)} arrays freshly initialised: {', '.join(fresh[:8])}"
+                   f"{' ...' if len(fresh) > 8 else ''}")
+  else:
+    sources.append("random init")
+  for line in sources:
+    logging.info("Initial parameters: %s", line)
+  return params, sources
+
+
+def describe_missing_paths(config: ml_collections.ConfigDict) -> List[str]:
+  """Messages for init paths that do not exist (used by validation)."""
+  out = []
+  for key in ("checkpoint", "whisper", "llm"):
+    path = config.init[key]
+    if path and "://" not in path and not os.path.exists(path):
+      out.append(f"config.init.{key}={path!r}: no such file or directory")
+  return out

@@ -1,0 +1,264 @@
+"""Checks a whole training config before anything is built or compiled.
+
+Every problem found is reported at once, one line each, naming the config key and what was
+expected, e.g. "config.mesh.fsdp=3: the mesh needs 6 devices, 8 are available".
+"""
+
+import dataclasses
+import re
+from typing import List, Optional
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+
+from qwen_audio_jax.audio.specaugment import SpecAugmentConfig
+from qwen_audio_jax.data import config as data_config_lib
+from qwen_audio_jax.data.sources import expand_paths
+from qwen_audio_jax.model import params as params_lib
+from qwen_audio_jax.training import initialization
+
+STAGES = ("pretrain", "sft")
+OPTIMIZERS = ("adamw", "adafactor", "sgd")
+SCHEDULES = ("warmup_cosine", "warmup_linear", "constant")
+NONFINITE = ("skip", "halt")
+MESH_ICI = ("data", "fsdp", "tensor")
+MESH_DCN = ("dcn_data", "dcn_fsdp")
+# The data config of each stage (stage 2 trains on dialogues).
+DATA_STAGE = {"pretrain": "pretrain", "sft": "chat"}
+
+
+class ConfigError(ValueError):
+  """A training config that cannot work; the message lists every problem found."""
+
+  def __init__(self, problems: List[str]):
+    self.problems = list(problems)
+    super().__init__("invalid training config:\n  " + "\n  ".join(self.problems))
+
+
+def param_paths(model_config) -> List[str]:
+  """'/'-joined paths of every parameter of the model (abstract, nothing allocated)."""
+  tree = nn.unbox(params_lib.abstract_params(model_config))
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return ["/".join(k.key for k in path) for path, _ in flat]
+
+
+def trained_paths(config: ml_collections.ConfigDict, paths: List[str]) -> List[str]:
+  """Parameters the optimizer updates: trainable minus frozen; with LoRA, the LoRA targets."""
+  if config.lora.rank > 0:
+    return [p for p in paths if re.search(config.lora.target, p)]
+  trainable = re.compile(config.trainable)
+  frozen = re.compile(config.frozen) if config.frozen else None
+  return [p for p in paths if trainable.search(p) and not (frozen and frozen.search(p))]
+
+
+def mesh_shape(config: ml_collections.ConfigDict, device_count: int) -> Optional[dict]:
+  """The resolved mesh sizes (-1 filled), or None when they cannot be resolved."""
+  ici = {a: int(config.mesh[a]) for a in MESH_ICI}
+  dcn = int(np.prod([int(config.mesh[a]) for a in MESH_DCN]))
+  known = int(np.prod([s for s in ici.values() if s != -1])) * dcn
+  if list(ici.values()).count(-1) > 1 or known <= 0 or device_count % known:
+    return None
+  for axis, size in ici.items():
+    if size == -1:
+      ici[axis] = device_count // known
+  if int(np.prod(list(ici.values()))) * dcn != device_count:
+    return None
+  return {a: ici[a] * (int(config.mesh[f"dcn_{a}"]) if f"dcn_{a}" in config.mesh else 1)
+          for a in MESH_ICI}
+
+
+def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] = None,
+             process_count: Optional[int] = None) -> None:
+  """Raises ConfigError listing every problem of `config`; returns None when it can run."""
+  device_count = jax.device_count() if device_count is None else device_count
+  process_count = jax.process_count() if process_count is None else process_count
+  problems: List[str] = []
+
+  def need(ok, message):
+    if not ok:
+      problems.append(message)
+
+  need(config.stage in STAGES, f"config.stage={config.stage!r}: expected one of {STAGES}")
+  model_config = None
+  try:
+    model_config = initialization.model_config_from(config)
+  except ValueError as e:
+    problems.append(str(e))
+  need(config.total_steps >= 1, f"config.total_steps={config.total_steps}: must be >= 1")
+  need(0 <= config.seed < 2**32, f"config.seed={config.seed}: must be in [0, 2**32)")
+
+  o = config.optim
+  need(o.name in OPTIMIZERS, f"config.optim.name={o.name!r}: expected one of {OPTIMIZERS}")
+  need(o.schedule in SCHEDULES,
+       f"config.optim.schedule={o.schedule!r}: expected one of {SCHEDULES}")
+  need(o.learning_rate > 0, f"config.optim.learning_rate={o.learning_rate}: must be > 0")
+  need(0 <= o.warmup_steps <= config.total_steps,
+       f"config.optim.warmup_steps={o.warmup_steps}: must be in [0, config.total_steps="
+       f"{config.total_steps}]")
+  need(0.0 <= o.end_learning_rate_ratio <= 1.0,
+       f"config.optim.end_learning_rate_ratio={o.end_learning_rate_ratio}: must be in [0, 1]")
+  for key in ("b1", "b2"):
+    need(0.0 <= o[key] < 1.0, f"config.optim.{key}={o[key]}: must be in [0, 1)")
+  need(o.eps > 0, f"config.optim.eps={o.eps}: must be > 0")
+  need(o.weight_decay >= 0, f"config.optim.weight_decay={o.weight_decay}: must be >= 0")
+  need(o.grad_clip_norm >= 0,
+       f"config.optim.grad_clip_norm={o.grad_clip_norm}: must be >= 0 (0 = no clipping)")
+  need(o.grad_accum_steps >= 1,
+       f"config.optim.grad_accum_steps={o.grad_accum_steps}: must be >= 1")
+  regexes_ok = True
+  for key, pattern in (("optim.weight_decay_exclude", o.weight_decay_exclude),
+                       ("trainable", config.trainable), ("frozen", config.frozen),
+                       ("lora.target", config.lora.target)):
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      problems.append(f"config.{key}={pattern!r}: not a valid regular expression ({e})")
+      regexes_ok = False
+  need(config.lora.rank >= 0, f"config.lora.rank={config.lora.rank}: must be >= 0 (0 = off)")
+  need(config.lora.alpha > 0, f"config.lora.alpha={config.lora.alpha}: must be > 0")
+
+  if model_config is not None and regexes_ok:
+    _check_stage(config, model_config, need)
+
+  need(config.loss.z_loss_weight >= 0,
+       f"config.loss.z_loss_weight={config.loss.z_loss_weight}: must be >= 0")
+  need(config.nonfinite in NONFINITE,
+       f"config.nonfinite={config.nonfinite!r}: expected one of {NONFINITE}")
+  _check_specaugment(config, problems)
+
+  shape = _check_mesh(config, device_count, need)
+  for key in ("data", "eval_data") if config.eval_every else ("data",):
+    _check_data(config, key, model_config, shape, process_count, problems)
+  if shape is not None:
+    per_device = config.data.batch_size // max(1, shape["data"] * shape["fsdp"])
+    need(per_device == 0 or per_device % o.grad_accum_steps == 0,
+         f"config.optim.grad_accum_steps={o.grad_accum_steps}: does not divide the per-device "
+         f"batch {per_device} (config.data.batch_size={config.data.batch_size} over data x fsdp "
+         f"= {shape['data'] * shape['fsdp']} shards)")
+
+  problems.extend(initialization.describe_missing_paths(config))
+  need(not (config.init.checkpoint and (config.init.whisper or config.init.llm)),
+       f"config.init.checkpoint={config.init.checkpoint!r}: a complete checkpoint excludes "
+       "config.init.whisper / config.init.llm")
+
+  ck = config.checkpoint
+  need(ck.every_steps >= 1, f"config.checkpoint.every_steps={ck.every_steps}: must be >= 1")
+  need(ck.keep >= 1, f"config.checkpoint.keep={ck.keep}: must be >= 1")
+  need(not ck.keep_best_metric or ck.keep_best_metric.startswith("eval/"),
+       f"config.checkpoint.keep_best_metric={ck.keep_best_metric!r}: must name an eval metric "
+       "('eval/loss', 'eval/accuracy', 'eval/<task>/loss', ...) or be ''")
+  need(not ck.keep_best_metric or config.eval_every > 0,
+       f"config.checkpoint.keep_best_metric={ck.keep_best_metric!r}: needs evaluation "
+       "(config.eval_every > 0)")
+  need(config.log_every >= 1, f"config.log_every={config.log_every}: must be >= 1")
+  need(config.eval_every >= 0, f"config.eval_every={config.eval_every}: must be >= 0 (0 = off)")
+  need(config.eval_steps >= 0,
+       f"config.eval_steps={config.eval_steps}: must be >= 0 (0 = one full pass)")
+  if problems:
+    raise ConfigError(problems)
+
+
+def _check_stage(config, model_config, need) -> None:
+  """Stage rules: what each stage may and must train."""
+  paths = param_paths(model_config)
+  for key in ("trainable", "frozen"):
+    pattern = config[key]
+    need(not pattern or any(re.search(pattern, p) for p in paths),
+         f"config.{key}={pattern!r}: matches no parameter of the model (paths look like "
+         f"{paths[0]!r}, {paths[-1]!r})")
+  trained = trained_paths(config, paths)
+  llm = [p for p in trained if p.startswith("llm/")]
+  audio = [p for p in trained if not p.startswith("llm/")]
+  if config.lora.rank > 0:
+    need(bool(trained), f"config.lora.target={config.lora.target!r}: matches no parameter")
+    need(config.stage == "sft", f"config.lora.rank={config.lora.rank}: LoRA adapts the LLM, "
+         "which stage 'pretrain' keeps frozen; use it in stage 'sft'")
+    need(not audio, f"config.lora.target={config.lora.target!r}: matches non-LLM parameters "
+         f"(first {audio[:1]}); LoRA applies to the LLM")
+    return
+  need(bool(trained), f"config.trainable={config.trainable!r} with config.frozen="
+       f"{config.frozen!r}: no parameter would be trained")
+  if config.stage == "pretrain":
+    need(not llm, f"config.trainable={config.trainable!r}: stage 'pretrain' keeps the LLM "
+         f"frozen, but {len(llm)} LLM parameters would be trained (first {llm[0] if llm else ''})"
+         "; add them to config.frozen or narrow config.trainable")
+    need(any(p.startswith("audio_encoder/") for p in audio),
+         f"config.trainable={config.trainable!r}: stage 'pretrain' trains the audio encoder, "
+         "but no audio_encoder parameter is trained")
+  elif config.stage == "sft":
+    enc = [p for p in audio if p.startswith("audio_encoder/") and "/proj/" not in p]
+    need(not enc, f"config.trainable={config.trainable!r}: stage 'sft' keeps the audio encoder "
+         f"frozen, but {len(enc)} encoder parameters would be trained (first "
+         f"{enc[0] if enc else ''})")
+    need(bool(llm), f"config.trainable={config.trainable!r}: stage 'sft' trains the LLM (or "
+         "LoRA factors with config.lora.rank > 0), but no LLM parameter is trained")
+
+
+def _check_specaugment(config, problems) -> None:
+  fields = {f.name for f in dataclasses.fields(SpecAugmentConfig)}
+  given = dict(config.specaugment.to_dict())
+  for key in given:
+    if key not in fields:
+      problems.append(f"config.specaugment.{key}: unknown key; expected one of {sorted(fields)}")
+  try:
+    SpecAugmentConfig(**{k: v for k, v in given.items() if k in fields})
+  except ValueError as e:
+    problems.append(f"config.specaugment: {str(e).replace('SpecAugmentConfig.', '')}")
+
+
+def _check_mesh(config, device_count, need) -> Optional[dict]:
+  m = config.mesh
+  ok = True
+  for axis in MESH_ICI:
+    size = m[axis]
+    if not isinstance(size, int) or (size != -1 and size < 1):
+      need(False, f"config.mesh.{axis}={size!r}: must be a positive int or -1 (fill)")
+      ok = False
+  for axis in MESH_DCN:
+    if not isinstance(m[axis], int) or m[axis] < 1:
+      need(False, f"config.mesh.{axis}={m[axis]!r}: must be a positive int")
+      ok = False
+  if not ok:
+    return None
+  fills = [a for a in MESH_ICI if m[a] == -1]
+  if len(fills) > 1:
+    need(False, f"config.mesh.{fills[1]}=-1: only one mesh axis may be -1 "
+         f"(config.mesh.{fills[0]} is -1 too)")
+    return None
+  shape = mesh_shape(config, device_count)
+  if shape is None:
+    sizes = ", ".join(f"{a}={m[a]}" for a in MESH_ICI + MESH_DCN)
+    culprit = next((a for a in MESH_ICI + MESH_DCN if m[a] not in (1, -1)), "data")
+    need(False, f"config.mesh.{culprit}={m[culprit]}: the mesh ({sizes}) does not fit the "
+         f"{device_count} available devices (the product of the sizes, with -1 filling, must "
+         "equal the device count)")
+  return shape
+
+
+def _check_data(config, key, model_config, shape, process_count, problems) -> None:
+  data = config[key]
+  try:
+    data_config_lib.validate_data_config(data)
+  except ValueError as e:
+    problems.append(f"config.{key}: {str(e).replace('data config: ', '')}")
+    return
+  for name in data.mixture.keys():
+    entry = data.mixture[name]
+    if entry.source in ("jsonl", "array_record"):
+      try:
+        expand_paths(entry.paths, f"config.{key}.mixture.{name}.paths")
+      except (FileNotFoundError, ValueError) as e:
+        problems.append(str(e))
+  if model_config is not None and data.n_mels != model_config.encoder.n_mels:
+    problems.append(f"config.{key}.n_mels={data.n_mels}: the model's encoder takes "
+                    f"{model_config.encoder.n_mels} mel bins")
+  if data.batch_size % process_count:
+    problems.append(f"config.{key}.batch_size={data.batch_size}: not divisible by the "
+                    f"{process_count} processes")
+  if shape is not None:
+    shards = shape["data"] * shape["fsdp"]
+    if data.batch_size % shards:
+      problems.append(f"config.{key}.batch_size={data.batch_size}: not divisible by the mesh's "
+                      f"batch shards data x fsdp = {shape['data']} x {shape['fsdp']} = {shards}")

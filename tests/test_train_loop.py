@@ -1,0 +1,253 @@
+"""The training loop end to end on 8 CPU devices: falling loss in both stages on the demo corpus,
+exact resume, unfinished checkpoints ignored, SIGTERM, the non-finite halt, and what the workdir
+holds.
+
+Runs go through `train.run` in this process (one subprocess for SIGTERM). Every run shares one
+persistent compilation cache, so equal configs compile once.
+"""
+
+import glob
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+import soundfile
+
+from qwen_audio_jax import sharding, train
+from qwen_audio_jax.data import DataPipeline
+from qwen_audio_jax.data.config import mixture_entry
+from qwen_audio_jax.training import checkpointing, initialization
+from qwen_audio_jax.training import step as step_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A narrower tiny model: the loop, not the model, is under test here (its vocabulary stays the
+# real one, so the demo corpus's token ids fit).
+NARROW = dict(
+    encoder=dict(width=32, heads=2, mlp_dim=64, depth=1, output_dim=32),
+    llm=dict(width=32, heads=2, kv_heads=1, head_dim=16, mlp_dim=64, depth=1))
+
+
+def load_config(name, preset="demo"):
+  spec = importlib.util.spec_from_file_location(f"config_{name}",
+                                                os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+  """One compilation cache for every run of this session (pytest-xdist workers included)."""
+  path = tmp_path_factory.getbasetemp().parent / "train_loop_jax_cache"
+  path.mkdir(exist_ok=True)
+  return str(path)
+
+
+@pytest.fixture(scope="module")
+def tone_manifest(tmp_path_factory):
+  """Twenty short ASR rows of pure tones (rows of ~40 tokens)."""
+  root = tmp_path_factory.mktemp("tones")
+  rows = []
+  for i in range(20):
+    t = np.arange(8000) / 16000
+    soundfile.write(root / f"t{i}.wav", (0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t)
+                                         ).astype(np.float32), 16000)
+    rows.append({"id": f"t{i}", "task": "asr", "audio": f"t{i}.wav", "audio_language": "en",
+                 "text": f"tone {i % 4}", "text_language": "en", "itn": False})
+  path = root / "train.jsonl"
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+  return str(path)
+
+
+def tone_config(manifest, cache, **loop):
+  """Stage 1 on the tone rows with the narrow model; runs stop early through `stop_at_step`
+  (a long schedule keeps the compiled step the same for every test, SIGTERM's included)."""
+  c = load_config("pretrain")
+  c.model.overrides = ml_collections.ConfigDict(NARROW)
+  c.data.mixture = ml_collections.ConfigDict({"asr": mixture_entry(paths=manifest, tasks="asr")})
+  c.data.batch_size = 8
+  c.data.text_buckets = (64,)
+  c.total_steps = 10_000
+  c.optim.warmup_steps = 1
+  c.log_every = 1
+  c.eval_every = 0
+  c.checkpoint.keep_best_metric = ""
+  c.checkpoint.every_steps = 2
+  c.compilation_cache_dir = cache
+  for key, value in loop.items():
+    c[key] = value
+  return c
+
+
+def params_equal(a, b):
+  a, b = jax.device_get(a), jax.device_get(b)
+  return jax.tree.structure(a) == jax.tree.structure(b) and all(
+      np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def initial_params(config):
+  """The parameters `train.run` starts from (same seed split, same init)."""
+  model_config = initialization.model_config_from(config)
+  mesh = train.build_mesh(config)
+  rng_params, _ = jax.random.split(jax.random.key(config.seed))
+  return initialization.random_params(model_config, mesh, rng_params), mesh, model_config
+
+
+def eval_loss(config, params, mesh, model_config):
+  eval_step = jax.jit(step_lib.make_eval_step(config, model_config))
+  with sharding.activation_sharding(mesh):
+    return train.evaluate(eval_step, params, DataPipeline(config.eval_data), mesh,
+                          config.eval_steps)["eval/loss"]
+
+
+@pytest.mark.parametrize("stage", ["pretrain", "sft"])
+def test_loss_falls_on_the_demo_corpus(stage, tmp_path, cache_dir):
+  c = load_config(stage)
+  c.model.overrides = ml_collections.ConfigDict(NARROW)
+  c.mesh.data, c.mesh.tensor = 4, 2  # also a tensor-parallel layout through the whole loop
+  c.data.batch_size = c.eval_data.batch_size = 4
+  if stage == "pretrain":  # the short-row tasks of the corpus, one 128-token bucket
+    for task in ("asr", "srwt"):
+      del c.data.mixture[task]
+      del c.eval_data.mixture[task]
+    c.data.text_buckets = c.eval_data.text_buckets = (128,)
+  else:
+    c.data.text_buckets = c.eval_data.text_buckets = (256,)
+  steps = 8 if stage == "pretrain" else 6
+  c.total_steps = steps
+  c.optim.learning_rate = 1e-2 if stage == "pretrain" else 5e-3  # few steps: large ones
+  c.optim.warmup_steps = 2
+  c.log_every = steps // 2
+  c.eval_every = steps
+  c.eval_steps = 1
+  c.checkpoint.every_steps = steps
+  c.compilation_cache_dir = cache_dir
+  before, mesh, model_config = initial_params(c)
+  start = eval_loss(c, before, mesh, model_config)
+
+  result = train.run(c, str(tmp_path))
+
+  # Held-out loss on the same eval batches before and after. Stage 1 trains only the audio side
+  # under a frozen random LLM, whose fixed output head bounds how far the loss can move in a few
+  # steps; stage 2 trains the LLM itself.
+  end = result.evals[steps]["eval/loss"]
+  assert end < start - (0.01 if stage == "pretrain" else 0.1), (start, end)
+  if stage == "sft":  # large enough to show through the batch-to-batch noise of train losses
+    train_losses = [result.history[s]["loss"] for s in sorted(result.history)]
+    assert np.mean(train_losses[-3:]) < np.mean(train_losses[:3]) - 0.05
+  # The stage's frozen half is bit-identical after training.
+  after = jax.device_get(result.state.params)
+  before = jax.device_get(before)
+  frozen, trained = ("llm", "audio_encoder") if stage == "pretrain" else ("audio_encoder", "llm")
+  assert params_equal(before[frozen], after[frozen])
+  assert not params_equal(before[trained], after[trained])
+  # The workdir: resolved config, TensorBoard events, the final checkpoint.
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["stage"] == stage and saved["total_steps"] == steps
+  assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
+  assert checkpointing.Checkpoints(str(tmp_path), keep=1).latest_step() == steps
+
+
+def test_resume_is_exact_and_skips_unfinished_checkpoints(tmp_path, tone_manifest, cache_dir):
+  config = tone_config(tone_manifest, cache_dir)
+  straight = train.run(config, str(tmp_path / "straight"), stop_at_step=4)
+  assert straight.step == 4 and straight.resumed_from is None
+
+  workdir = tmp_path / "stopped"
+  first = train.run(config, str(workdir), stop_at_step=2)
+  assert first.preempted and first.step == 2
+  # A complete-looking copy under Orbax's temporary name (a save that never finalised) and a
+  # half-written one: neither may be restored.
+  ckpts = workdir / "checkpoints"
+  shutil.copytree(ckpts / "2", ckpts / "4.orbax-checkpoint-tmp-1700000000")
+  (ckpts / "3.orbax-checkpoint-tmp-1700000001" / "state").mkdir(parents=True)
+
+  resumed = train.run(config, str(workdir), stop_at_step=4)
+  assert resumed.resumed_from == 2 and resumed.step == 4
+  for s in (3, 4):
+    assert resumed.history[s]["loss"] == straight.history[s]["loss"]
+  assert params_equal(resumed.state.params, straight.state.params)
+  assert params_equal(resumed.state.opt_state, straight.state.opt_state)
+  assert not list(ckpts.glob("*orbax-checkpoint-tmp*"))
+
+
+def test_nonfinite_halt_names_the_step_and_saves_nothing_after_it(tmp_path, tone_manifest,
+                                                                 cache_dir):
+  config = tone_config(tone_manifest, cache_dir, nonfinite="halt")
+  config.optim.learning_rate = 1e30  # the first update blows the weights up
+  config.optim.schedule = "constant"
+  config.optim.warmup_steps = 0
+  config.optim.grad_clip_norm = 0.0
+  config.checkpoint.every_steps = 1
+  with pytest.raises(FloatingPointError, match=r"non-finite loss or gradients at step 2 "):
+    train.run(config, str(tmp_path), stop_at_step=4)
+  assert checkpointing.Checkpoints(str(tmp_path), keep=1).all_steps() == [1]
+
+
+def test_sigterm_saves_a_restorable_checkpoint_and_exits_0(tmp_path, tone_manifest, cache_dir):
+  # The config file builds the same config as `tone_config` without importing this module
+  # (which imports qwen_audio_jax.train: its flags must be defined only once in the child).
+  config_file = tmp_path / "sigterm_config.py"
+  config_file.write_text(textwrap.dedent(f"""
+      import importlib.util
+      import ml_collections
+      from qwen_audio_jax.data.config import mixture_entry
+
+      spec = importlib.util.spec_from_file_location("pretrain", {os.path.join(REPO, "configs",
+                                                                            "pretrain.py")!r})
+      pretrain = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(pretrain)
+
+      def get_config():
+        c = pretrain.get_config("demo")
+        c.model.overrides = ml_collections.ConfigDict({NARROW!r})
+        c.data.mixture = ml_collections.ConfigDict(
+            {{"asr": mixture_entry(paths={tone_manifest!r}, tasks="asr")}})
+        c.data.batch_size = 8
+        c.data.text_buckets = (64,)
+        c.total_steps = 10_000
+        c.optim.warmup_steps = 1
+        c.log_every = 1
+        c.eval_every = 0
+        c.checkpoint.keep_best_metric = ""
+        c.checkpoint.every_steps = 10_000
+        c.compilation_cache_dir = {cache_dir!r}
+        return c
+      """))
+  workdir = tmp_path / "run"
+  process = subprocess.Popen(
+      [sys.executable, "-m", "qwen_audio_jax.train", f"--config={config_file}",
+       f"--workdir={workdir}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      text=True)
+  lines = []
+  try:
+    deadline = time.time() + 240
+    for line in process.stdout:
+      lines.append(line)
+      if line.startswith("step 2/10000"):
+        process.send_signal(signal.SIGTERM)
+        break
+      assert time.time() < deadline, "".join(lines[-20:])
+    rest, _ = process.communicate(timeout=120)
+  finally:
+    if process.poll() is None:
+      process.kill()
+  output = "".join(lines) + rest
+  assert process.returncode == 0, output[-3000:]
+  steps = checkpointing.Checkpoints(str(workdir), keep=1).all_steps()
+  assert len(steps) == 1 and 2 <= steps[0] < 10_000, output[-3000:]
+  with ocp.StandardCheckpointer() as checkpointer:
+    state = checkpointer.restore(workdir / "checkpoints" / str(steps[0]) / "state")
+  assert int(state["step"]) == steps[0]
+  assert (workdir / "checkpoints" / str(steps[0]) / "data" / "process_0-of-1.json").exists()
