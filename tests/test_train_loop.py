@@ -159,7 +159,8 @@ def test_loss_falls_on_the_demo_corpus(stage, tmp_path, cache_dir):
   assert checkpointing.Checkpoints(str(tmp_path), keep=1).latest_step() == steps
 
 
-def test_resume_is_exact_and_skips_unfinished_checkpoints(tmp_path, tone_manifest, cache_dir):
+def test_resume_is_exact_and_skips_unfinished_checkpoints(tmp_path, tone_manifest, cache_dir,
+                                                          monkeypatch):
   config = tone_config(tone_manifest, cache_dir)
   straight = train.run(config, str(tmp_path / "straight"), stop_at_step=4)
   assert straight.step == 4 and straight.resumed_from is None
@@ -180,6 +181,14 @@ def test_resume_is_exact_and_skips_unfinished_checkpoints(tmp_path, tone_manifes
   assert params_equal(resumed.state.params, straight.state.params)
   assert params_equal(resumed.state.opt_state, straight.state.opt_state)
   assert not list(ckpts.glob("*orbax-checkpoint-tmp*"))
+
+  # A later stage starts from this run's step directory (config.init.checkpoint), given
+  # relative to the current directory as on a command line: exactly its parameters.
+  monkeypatch.chdir(tmp_path)
+  model_config = initialization.model_config_from(config)
+  started = initialization.load_full(os.path.join("stopped", "checkpoints", "4"), model_config,
+                                     train.build_mesh(config))
+  assert params_equal(started, resumed.state.params)
 
 
 def test_nonfinite_halt_names_the_step_and_saves_nothing_after_it(tmp_path, tone_manifest,

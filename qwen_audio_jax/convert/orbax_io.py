@@ -20,6 +20,7 @@ from typing import Any, Dict, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 
 from qwen_audio_jax import config as C
@@ -59,29 +60,36 @@ def model_config_from_dict(data: Dict[str, Any], where: str = "model config") ->
 
 
 def load_model_config(path: str) -> C.QwenAudioConfig:
-  """Reads a config written by `save_model_config` (a file, or a directory holding one)."""
-  if os.path.isdir(path):
-    path = os.path.join(path, MODEL_CONFIG_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"model configuration {path} does not exist")
-  with open(path, encoding="utf-8") as f:
-    try:
-      data = json.load(f)
-    except ValueError as e:
-      raise ValueError(f"{path}: invalid JSON ({e})") from e
-  return model_config_from_dict(data, where=path)
+  """Reads a config written by `save_model_config` (a file, or a directory holding one; local or
+  a URL such as gs://...)."""
+  file = epath.Path(path)
+  if file.is_dir():
+    file = file / MODEL_CONFIG_FILE
+  if not file.exists():
+    raise FileNotFoundError(f"model configuration {file} does not exist")
+  try:
+    data = json.loads(file.read_text(encoding="utf-8"))
+  except ValueError as e:
+    raise ValueError(f"{file}: invalid JSON ({e})") from e
+  return model_config_from_dict(data, where=os.fspath(file))
+
+
+def _absolute(path: str) -> str:
+  """Local paths made absolute (Orbax requires it); URLs are left alone."""
+  path = os.fspath(path)
+  return path if "://" in path else os.path.abspath(path)
 
 
 def _params_dir(path: str) -> str:
-  path = os.path.abspath(os.fspath(path))
-  candidate = os.path.join(path, PARAMS_DIR)
-  return candidate if os.path.isdir(candidate) else path
+  path = _absolute(path).rstrip("/")
+  candidate = f"{path}/{PARAMS_DIR}"
+  return candidate if epath.Path(candidate).is_dir() else path
 
 
 def checkpoint_root(path: str) -> str:
   params_dir = _params_dir(path)
-  parent = os.path.dirname(params_dir)
-  return parent if os.path.basename(params_dir) == PARAMS_DIR else params_dir
+  parent, _, base = params_dir.rpartition("/")
+  return parent if base == PARAMS_DIR else params_dir
 
 
 def save_checkpoint(out_dir: str, params: Dict, config: C.QwenAudioConfig,
@@ -110,17 +118,16 @@ def save_checkpoint(out_dir: str, params: Dict, config: C.QwenAudioConfig,
 
 def read_conversion_info(path: str) -> Dict[str, Any]:
   """conversion.json of a checkpoint ({} when absent)."""
-  file = os.path.join(checkpoint_root(path), CONVERSION_FILE)
-  if not os.path.exists(file):
+  file = epath.Path(checkpoint_root(path)) / CONVERSION_FILE
+  if not file.exists():
     return {}
-  with open(file, encoding="utf-8") as f:
-    return json.load(f)
+  return json.loads(file.read_text(encoding="utf-8"))
 
 
 def checkpoint_shapes(path: str) -> Dict[tuple, jax.ShapeDtypeStruct]:
   """{path: ShapeDtypeStruct} of the stored (scanned) parameters, read from the metadata."""
   params_dir = _params_dir(path)
-  if not os.path.isdir(params_dir):
+  if not epath.Path(params_dir).is_dir():
     raise FileNotFoundError(f"no checkpoint at {params_dir}")
   with ocp.StandardCheckpointer() as checkpointer:
     metadata = checkpointer.metadata(params_dir)

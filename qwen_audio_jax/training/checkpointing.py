@@ -28,6 +28,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
@@ -92,7 +93,7 @@ class Checkpoints:
 
   def __init__(self, workdir: str, *, keep: int, keep_best_metric: str = "",
                async_save: bool = True):
-    self.directory = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+    self.directory = os.path.join(absolute(workdir), CHECKPOINT_DIR)
     self.keep_best_metric = keep_best_metric
     policy = preservation.LatestN(n=keep)
     if keep_best_metric:
@@ -151,9 +152,15 @@ class Checkpoints:
     self.manager.close()
 
 
+def absolute(path: str) -> str:
+  """Local paths made absolute (Orbax requires it); URLs such as gs://... are left alone."""
+  path = os.fspath(path)
+  return path if "://" in path else os.path.abspath(path)
+
+
 def is_run_step_dir(path: str) -> bool:
   """True for a step directory written by `Checkpoints` (it holds a 'state' item)."""
-  return os.path.isdir(os.path.join(path, STATE_ITEM))
+  return (epath.Path(path) / STATE_ITEM).is_dir()
 
 
 def restore_params_from_step_dir(path: str, abstract_params) -> Any:
@@ -161,7 +168,7 @@ def restore_params_from_step_dir(path: str, abstract_params) -> Any:
   item = {"params": abstract_params}
   with ocp.PyTreeCheckpointer() as checkpointer:
     restored = checkpointer.restore(
-        os.path.join(path, STATE_ITEM), args=ocp.args.PyTreeRestore(
+        epath.Path(absolute(path)) / STATE_ITEM, args=ocp.args.PyTreeRestore(
             item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
             partial_restore=True))
   return restored["params"]

@@ -117,6 +117,14 @@ def _merge(base: Dict, part: Dict) -> Dict:
   return out
 
 
+def _load_converted(path: str, model_config, mesh: Mesh, key: str) -> Dict:
+  """A converted checkpoint's parameters; its errors name the config key that pointed at it."""
+  try:
+    return convert.load_params(path, model_config, param_shardings(model_config, mesh))
+  except (ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError
+    raise type(e)(f"config.init.{key}={path!r}: {e}") from e
+
+
 def load_full(path: str, model_config, mesh: Mesh) -> Dict:
   """Complete parameters from a converted checkpoint or a step directory of a training run."""
   from qwen_audio_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
@@ -124,7 +132,7 @@ def load_full(path: str, model_config, mesh: Mesh) -> Dict:
   if checkpointing.is_run_step_dir(path):
     params = checkpointing.restore_params_from_step_dir(path, expected)
   else:
-    params = convert.load_params(path, model_config, param_shardings(model_config, mesh))
+    params = _load_converted(path, model_config, mesh, "checkpoint")
   _check_against(params, expected, f"config.init.checkpoint={path!r}", complete=True)
   return params
 
@@ -141,7 +149,7 @@ def initial_params(config: ml_collections.ConfigDict, model_config, mesh: Mesh,
   for key, path in (("whisper", init.whisper), ("llm", init.llm)):
     if not path:
       continue
-    part = convert.load_params(path, model_config, param_shardings(model_config, mesh))
+    part = _load_converted(path, model_config, mesh, key)
     _check_against(part, expected, f"config.init.{key}={path!r}", complete=False)
     params = _merge(params, part)
     restored.update(_flat(part))
