@@ -124,6 +124,16 @@ def test_specaugment_optimizer_and_loop_keys():
     assert any(p.startswith(prefix) for p in problems), (prefix, problems)
 
 
+def test_wandb_without_the_package_is_refused_early(monkeypatch):
+  real_find_spec = validation.importlib.util.find_spec
+  monkeypatch.setattr(validation.importlib.util, "find_spec",
+                      lambda name, *a: None if name == "wandb" else real_find_spec(name, *a))
+  c = load_config("pretrain", "demo")
+  c.wandb = True
+  assert "config.wandb=True: the wandb package is not installed (pip install wandb)" in (
+      problems_of(c, devices=1))
+
+
 def test_all_problems_reported_together():
   c = load_config("sft", "demo")
   c.total_steps = 0

@@ -5,6 +5,7 @@ expected, e.g. "config.mesh.fsdp=3: the mesh needs 6 devices, 8 are available".
 """
 
 import dataclasses
+import importlib.util
 import re
 from typing import List, Optional
 
@@ -156,6 +157,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
   need(config.eval_every >= 0, f"config.eval_every={config.eval_every}: must be >= 0 (0 = off)")
   need(config.eval_steps >= 0,
        f"config.eval_steps={config.eval_steps}: must be >= 0 (0 = one full pass)")
+  need(not config.wandb or importlib.util.find_spec("wandb") is not None,
+       "config.wandb=True: the wandb package is not installed (pip install wandb)")
   if problems:
     raise ConfigError(problems)
 
