@@ -28,6 +28,9 @@ setup(
         "absl-py>=2.5.0",
         "etils>=1.15.0",
         "tensorboardX>=2.6.5",
+        # Ships qwen.tiktoken, the Qwen BPE vocabulary, used when no checkpoint directory
+        # provides one (the demo, tests).
+        "dashscope>=2.0.2",
     ],
     extras_require={
         "test": [
@@ -36,7 +39,6 @@ setup(
             "hypothesis>=6.170.0",
             "transformers>=5.24.0",
             "torch==2.13.0",
-            "dashscope>=2.0.2",
         ],
         # TFDS mixture entries (source='tfds'); datasets with tfds.features.Audio also need
         # tensorflow.

@@ -43,7 +43,9 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.frozen = r"^audio_encoder/positional_embedding$"
   c.lora = ml_collections.ConfigDict(dict(
       rank=0, alpha=16.0, target=r"^llm/.*/(query|key|value|out)/kernel$"))
-  c.loss = ml_collections.ConfigDict(dict(z_loss_weight=0.0))
+  # chunk_length > 0: logits formed that many positions at a time (memory: one chunk of
+  # [rows, chunk_length, vocab] float32 logits instead of the whole sequence's).
+  c.loss = ml_collections.ConfigDict(dict(z_loss_weight=0.0, chunk_length=0))
   c.nonfinite = "skip"  # 'skip' the update (counted) or 'halt' the run
   c.specaugment = ml_collections.ConfigDict(dict(
       enabled=stage == "pretrain", num_freq_masks=2, max_freq_width=27, num_time_masks=2,

@@ -51,6 +51,7 @@ def get_config(arg: str = "demo"):
   c.eval_data.batch_size = 64
   c.data.text_buckets = (1024, 2048)
   c.eval_data.text_buckets = (1024, 2048)
+  c.loss.chunk_length = 512  # not in the paper: 4 chunks of logits per 2048-token row (memory)
   c.data.worker_count = 8  # grain workers per host (throughput, not from the paper)
   c.optim.learning_rate = 1e-5  # paper: peak learning rate
   c.optim.end_learning_rate_ratio = 0.1  # paper: minimum learning rate 1e-6

@@ -271,6 +271,13 @@ def test_malformed_rows_alone_can_stop_the_run_at_load(bad_corpus):
     DataPipeline(config, process_index=0, process_count=1)
 
 
+def test_missing_vocabulary_stops_the_pipeline_at_start(corpus, tmp_path):
+  config = data_config(corpus, tokenizer_path=str(tmp_path / "missing" / "qwen.tiktoken"))
+  with pytest.raises(ValueError, match=r"data config tokenizer_path='.*missing/qwen\.tiktoken': "
+                     r"tokenizer file .* does not exist"):
+    DataPipeline(config, process_index=0, process_count=1)
+
+
 def test_truncation_rules_and_long_audio_trim(tmp_path):
   soundfile.write(tmp_path / "a.wav", tone(0.5, 16000, 300), 16000)
   soundfile.write(tmp_path / "long.wav", tone(3.0, 16000, 300), 16000)

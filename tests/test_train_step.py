@@ -14,6 +14,7 @@ from qwen_audio_jax import sharding
 from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.config import get_preset
 from qwen_audio_jax.model.params import init_params
+from qwen_audio_jax.model.llm import project_to_vocab
 from qwen_audio_jax.model.qwen_audio import QwenAudio
 from qwen_audio_jax.training import loss as loss_lib
 from qwen_audio_jax.training import optimizer as optimizer_lib
@@ -108,20 +109,35 @@ def test_stage_freezes_what_the_recipe_freezes(params, stage_file, trained, froz
 
 def test_accumulated_micro_batches_equal_one_big_batch(params):
   config = load_config("sft.py")
-  batch = make_batch(rows=4, targets_from=[60, 70, 90, 100])
+  # Rows with 24, 20, 13 and 7 target tokens: the two micro-batches (rows 0, 2 and 1, 3) hold
+  # different numbers of them, so a mean of per-micro-batch means would differ.
+  # Plain SGD: each update is the gradient times the learning rate, so comparing updates
+  # compares gradients (Adam's first step, lr * g / |g|, would amplify rounding in tiny g).
+  config.optim.name, config.optim.grad_clip_norm, config.optim.weight_decay = "sgd", 0.0, 0.0
+  batch = make_batch(rows=4, targets_from=[16, 20, 27, 33])
   big, big_metrics = run_steps(config, params, batch, steps=1)
+  assert big_metrics[0]["target_tokens"] == 64 and big_metrics[0]["grad_norm"] > 0
   config.optim.grad_accum_steps = 2
   accumulated, acc_metrics = run_steps(config, params, batch, steps=1)
   np.testing.assert_allclose(acc_metrics[0]["loss"], big_metrics[0]["loss"], rtol=1e-6)
   np.testing.assert_allclose(acc_metrics[0]["grad_norm"], big_metrics[0]["grad_norm"], rtol=1e-5)
-  for a, b in zip(jax.tree.leaves(accumulated.params), jax.tree.leaves(big.params)):
-    np.testing.assert_allclose(a, b, atol=2e-6)
+  assert_same_updates(params, accumulated.params, big.params)
+
+
+def assert_same_updates(start, a, b):
+  """Updates (new - start) equal leaf by leaf within 1e-4 of the largest update of the leaf,
+  plus the float32 rounding of the parameters they were added to."""
+  for p0, x, y in zip(jax.tree.leaves(start), jax.tree.leaves(a), jax.tree.leaves(b)):
+    p0 = np.asarray(p0)
+    dx, dy = np.asarray(x) - p0, np.asarray(y) - p0
+    rounding = 2 * np.spacing(np.abs(p0).max())
+    np.testing.assert_allclose(dx, dy, atol=1e-4 * np.abs(dy).max() + rounding)
 
 
 def test_loss_matches_a_numpy_reference(params):
   batch = make_batch()
-  batch["segment_ids"][1, 50:] = 2  # a packed second example: no prediction across the boundary
-  batch["segment_ids"][2, 60:] = 0  # padding
+  batch["segment_ids"][1, 28:] = 2  # a packed second example: no prediction across the boundary
+  batch["segment_ids"][2, 33:] = 0  # padding
   forward = jax.jit(lambda p, b: QwenAudio(MODEL).apply(
       {"params": p}, b["input_ids"], positions=b["positions"], segment_ids=b["segment_ids"],
       audio_mel=b["audio_mel"], audio_lengths=b["audio_lengths"], audio_starts=b["audio_starts"]))
@@ -143,11 +159,44 @@ def test_loss_matches_a_numpy_reference(params):
       z += log_z ** 2
       count += 1
       correct += int(np.argmax(row) == label)
-  assert sums["target_tokens"] == count
+  # 78 target positions, less the boundary of row 1 and the 7 padding positions of row 2.
+  assert batch["target_mask"][:, 1:].sum() == 78 and sums["target_tokens"] == count == 70
   np.testing.assert_allclose(sums["loss_sum"], total, rtol=1e-5)
   np.testing.assert_allclose(sums["z_loss_sum"], z, rtol=1e-5)
   np.testing.assert_allclose(sums["task_loss_sum"], task_loss, rtol=1e-5)
   assert sums["correct"] == correct
+
+
+@pytest.mark.parametrize("chunk_length", [7, 64])  # 7 does not divide the 39 positions
+def test_chunked_loss_equals_full_logits_loss(params, chunk_length):
+  batch = make_batch()
+  batch["segment_ids"][1, 28:] = 2
+  batch["segment_ids"][2, 33:] = 0
+  full = jax.jit(lambda h, b: loss_lib.loss_sums(project_to_vocab(h, b["head"]), b, 2))
+  chunked = jax.jit(lambda h, b: loss_lib.chunked_loss_sums(h, b["head"], b, 2, chunk_length))
+  hidden = jax.random.normal(jax.random.key(3), (4, 40, 96))
+  batch["head"] = params["llm"]["lm_head"]
+  want, got = jax.device_get(full(hidden, batch)), jax.device_get(chunked(hidden, batch))
+  assert want["target_tokens"] == got["target_tokens"] == 70
+  for k in want:
+    np.testing.assert_allclose(got[k], want[k], rtol=1e-5, err_msg=k)
+  # Gradients through the chunked scan (hidden states and the head) equal the full ones.
+  grad = lambda f: jax.grad(lambda h, w: f(h, dict(batch, head=w))["loss_sum"], (0, 1))  # noqa
+  for a, b in zip(grad(full)(hidden, batch["head"]), grad(chunked)(hidden, batch["head"])):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+def test_train_step_with_chunked_loss_matches_the_full_one(params):
+  config = load_config("sft.py")
+  config.optim.name, config.optim.grad_clip_norm, config.optim.weight_decay = "sgd", 0.0, 0.0
+  batch = make_batch()
+  full, full_metrics = run_steps(config, params, batch, steps=1)
+  config.loss.chunk_length = 16
+  chunked, chunked_metrics = run_steps(config, params, batch, steps=1)
+  np.testing.assert_allclose(chunked_metrics[0]["loss"], full_metrics[0]["loss"], rtol=1e-6)
+  np.testing.assert_allclose(chunked_metrics[0]["grad_norm"], full_metrics[0]["grad_norm"],
+                             rtol=1e-5)
+  assert_same_updates(params, chunked.params, full.params)
 
 
 def test_nonfinite_step_is_skipped(params):

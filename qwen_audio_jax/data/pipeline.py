@@ -26,7 +26,7 @@ from qwen_audio_jax.data import config as config_lib
 from qwen_audio_jax.data import batching, datasets
 from qwen_audio_jax.data.sources import ArrayRecordSource, JsonlSource, expand_paths
 from qwen_audio_jax.data.stats import DataStats, StatsDelta
-from qwen_audio_jax.data.transforms import ExampleBuilder
+from qwen_audio_jax.data.transforms import ExampleBuilder, load_tokenizer
 
 
 def make_source(entry: ml_collections.ConfigDict, *, name: str, task_id: int,
@@ -107,6 +107,13 @@ class DataPipeline:
     self.process_index, self.process_count = process_index, process_count
     self.rows_per_batch = config.batch_size // process_count
     self.task_names: List[str] = config_lib.task_names(config)
+    if tokenizer is None:
+      # Loaded here once so that a missing vocabulary stops the run at start with its own
+      # message, instead of failing every example later (each worker loads its own copy).
+      try:
+        load_tokenizer(config.tokenizer_path or None)
+      except (OSError, ValueError) as e:
+        raise type(e)(f"data config tokenizer_path={config.tokenizer_path!r}: {e}") from e
     self._tokenizer = tokenizer
     self._load_stats = self._new_stats()
     self.sources = []

@@ -134,18 +134,17 @@ class QwenLM(nn.Module):
     return sharding.constrain(x, ("act_batch", "act_length", "act_embed"))
 
   def logits(self, x):
-    x = self.final_norm(x)
     head = self.embedding.T if self.config.llm.tie_embeddings else self.lm_head
-    logits = jnp.einsum("bte,ev->btv", x, head.astype(x.dtype),
-                        preferred_element_type=jnp.float32)
-    return sharding.constrain(logits, ("act_batch", "act_length", "act_vocab"))
+    return project_to_vocab(self.final_norm(x), head)
 
   def __call__(self, embeds, positions, segment_ids, *, train: bool = False,
-               decode: bool = False):
+               decode: bool = False, return_hidden: bool = False):
     """Logits [B, T, V] (float32) for input embeddings [B, T, W].
 
     positions: [B, T] rotary positions. segment_ids: [B, T], 0 = padding; equal non-zero ids
     attend to each other causally (packing). In decode mode the cache holds earlier tokens.
+    return_hidden: the final-normed hidden states [B, T, W] instead of logits, for losses that
+    project them to the vocabulary a chunk at a time (`project_to_vocab`, `output_head`).
     """
     cfg = self.config.llm
     batch, length = segment_ids.shape
@@ -166,7 +165,21 @@ class QwenLM(nn.Module):
     query_scale = (logn_scale(positions, cfg.seq_length)
                    if (cfg.use_logn_attn and long_context) else None)
     x = self.layers(embeds, positions, mask, inv_freq, query_scale, cache_index, decode=decode)
+    if return_hidden:
+      return self.final_norm(x)
     return self.logits(x)
+
+
+def project_to_vocab(hidden: jax.Array, head: jax.Array) -> jax.Array:
+  """Final-normed hidden states [B, T, W] x output head [W, V] -> float32 logits [B, T, V]."""
+  logits = jnp.einsum("bte,ev->btv", hidden, head.astype(hidden.dtype),
+                      preferred_element_type=jnp.float32)
+  return sharding.constrain(logits, ("act_batch", "act_length", "act_vocab"))
+
+
+def output_head(llm_params, config: QwenAudioConfig) -> jax.Array:
+  """The [W, V] output projection in an LLM parameter tree (the embedding when tied)."""
+  return llm_params["embed"].T if config.llm.tie_embeddings else llm_params["lm_head"]
 
 
 def init_cache(config: QwenAudioConfig, batch_size: int, max_length: int):

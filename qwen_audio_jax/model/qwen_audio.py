@@ -75,13 +75,14 @@ class QwenAudio(nn.Module):
 
   def __call__(self, input_ids, *, positions=None, segment_ids=None, audio_mel=None,
                audio_lengths=None, audio_starts=None, train: bool = False,
-               decode: bool = False):
+               decode: bool = False, return_hidden: bool = False):
     """Logits [B, S, vocab] (float32).
 
     input_ids / positions / segment_ids: [B, S] (defaults: 0..S-1 and all ones).
     audio_mel: [B, A, n_mels, 3000] log-mel of each slot; audio_lengths: [B, A] valid samples
     (0 = empty slot); audio_starts: [B, A] index of each clip's opening token. Without audio the
     model is the plain LLM (also used for decoding steps after the prompt).
+    return_hidden: the LLM's final-normed hidden states [B, S, W] instead of logits.
     """
     batch, length = input_ids.shape
     if segment_ids is None:
@@ -98,7 +99,8 @@ class QwenAudio(nn.Module):
         bos, eos = self.audio_bos_eos[0], self.audio_bos_eos[1]
       embeds = splice_audio(embeds, frames, counts, audio_starts, bos, eos)
       embeds = sharding.constrain(embeds, ("act_batch", "act_length", "act_embed"))
-    return self.llm(embeds, positions, segment_ids, train=train, decode=decode)
+    return self.llm(embeds, positions, segment_ids, train=train, decode=decode,
+                    return_hidden=return_hidden)
 
   def init_cache(self, batch_size: int, max_length: int):
     """Zero KV cache: `model.apply(..., decode=True, mutable=['cache'])` takes {'cache': this}."""

@@ -7,6 +7,12 @@ exactly and the caller divides once by the total number of target tokens.
 
 z-loss (PaLM, Chowdhery et al. 2022): z_loss_weight * log(Z)^2 per target token, which keeps the
 softmax normaliser near 1 and the logits from drifting in bf16.
+
+Chunked form (`chunked_loss_sums`): with Qwen's 152k-156k vocabulary the float32 logits of one
+2048-token row take 1.2 GiB, and their gradient as much again. Given the final hidden states and
+the output head, the positions are projected to the vocabulary `chunk_length` at a time inside a
+rematerialised scan, so only one chunk's logits ever exist, in the forward and in the backward
+pass. The sums are the same as from full logits (up to float summation order).
 """
 
 from typing import Dict
@@ -14,21 +20,25 @@ from typing import Dict
 import jax
 import jax.numpy as jnp
 
+from qwen_audio_jax.model.llm import project_to_vocab
 
-def loss_sums(logits: jax.Array, batch: Dict[str, jax.Array], num_tasks: int
-              ) -> Dict[str, jax.Array]:
-  """Sums over the batch's target tokens: loss, log(Z)^2, correct predictions, per task too."""
+
+def _predictions(batch: Dict[str, jax.Array]):
+  """(labels, valid, task ids) of the positions 0 .. T-2, each predicting the next token."""
   ids, segments = batch["input_ids"], batch["segment_ids"]
-  labels = ids[:, 1:]
   valid = (batch["target_mask"][:, 1:] & (segments[:, 1:] == segments[:, :-1])
            & (segments[:, 1:] != 0))
-  logits = logits[:, :-1].astype(jnp.float32)
+  return ids[:, 1:], valid, batch["task_ids"][:, 1:]
+
+
+def _sums(logits, labels, valid, task_ids, num_tasks: int) -> Dict[str, jax.Array]:
+  logits = logits.astype(jnp.float32)
   log_z = jax.nn.logsumexp(logits, axis=-1)
   label_logits = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
   token_loss = log_z - label_logits
   correct = (jnp.argmax(logits, axis=-1) == labels) & valid
   weight = valid.astype(jnp.float32)
-  tasks = jax.nn.one_hot(batch["task_ids"][:, 1:], num_tasks, dtype=jnp.float32)  # -1 -> zeros
+  tasks = jax.nn.one_hot(task_ids, num_tasks, dtype=jnp.float32)  # -1 -> zeros
   per_task = lambda x: jnp.einsum("bs,bst->t", x * weight, tasks)  # noqa: E731
   return {
       "loss_sum": jnp.sum(token_loss * weight),
@@ -39,3 +49,40 @@ def loss_sums(logits: jax.Array, batch: Dict[str, jax.Array], num_tasks: int
       "task_correct": per_task(correct.astype(jnp.float32)),
       "task_target_tokens": per_task(jnp.ones_like(weight)),
   }
+
+
+def loss_sums(logits: jax.Array, batch: Dict[str, jax.Array], num_tasks: int
+              ) -> Dict[str, jax.Array]:
+  """Sums over the batch's target tokens: loss, log(Z)^2, correct predictions, per task too."""
+  labels, valid, task_ids = _predictions(batch)
+  return _sums(logits[:, :-1], labels, valid, task_ids, num_tasks)
+
+
+def chunked_loss_sums(hidden: jax.Array, head: jax.Array, batch: Dict[str, jax.Array],
+                      num_tasks: int, chunk_length: int) -> Dict[str, jax.Array]:
+  """`loss_sums` from final-normed hidden states [B, T, W] and the output head [W, V], computing
+  the logits of `chunk_length` positions at a time (see the module docstring)."""
+  labels, valid, task_ids = _predictions(batch)
+  hidden = hidden[:, :-1]
+  rows, positions = labels.shape
+  chunks = -(-positions // chunk_length)
+  pad = chunks * chunk_length - positions
+
+  def split(x):  # [B, P, ...] -> [chunks, B, chunk_length, ...]; padding positions are invalid
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+    x = x.reshape((rows, chunks, chunk_length) + x.shape[2:])
+    return jnp.swapaxes(x, 0, 1)
+
+  @jax.checkpoint  # keep only the chunk's inputs; its logits are recomputed for the backward
+  def chunk_sums(h, y, v, t):
+    return _sums(project_to_vocab(h, head), y, v, t, num_tasks)
+
+  def body(totals, chunk):
+    return jax.tree.map(jnp.add, totals, chunk_sums(*chunk)), None
+
+  inputs = tuple(split(x) for x in (hidden, labels, valid, task_ids))
+  shapes = jax.eval_shape(chunk_sums, *(jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
+                                        for x in inputs))
+  zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  totals, _ = jax.lax.scan(body, zero, inputs)
+  return totals

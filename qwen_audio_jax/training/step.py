@@ -4,7 +4,8 @@ One train step:
   features  waveform batches get their log-mel on the device (`audio.mel`); stage 1 applies
             SpecAugment to each clip's valid frames, keyed by the state's RNG and the step;
   forward   bf16 compute (model config `dtype`) over f32 master weights, remat per the model
-            config, LoRA factors merged into their kernels when enabled;
+            config, LoRA factors merged into their kernels when enabled; the loss on target
+            tokens, from logits projected `loss.chunk_length` positions at a time when > 0;
   backward  gradients of the trainable subtree only (frozen parameters are constants);
   accumulation
             the batch is split into `grad_accum_steps` micro-batches (rows i, i+k, ..., so every
@@ -31,6 +32,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from qwen_audio_jax.audio import lengths, mel as mel_lib
 from qwen_audio_jax.audio.specaugment import SpecAugmentConfig, spec_augment
+from qwen_audio_jax.model.llm import output_head
 from qwen_audio_jax.model.qwen_audio import QwenAudio
 from qwen_audio_jax.training import lora as lora_lib
 from qwen_audio_jax.training import loss as loss_lib
@@ -119,13 +121,19 @@ def audio_features(batch, n_mels: int, key, augment: SpecAugmentConfig = None):
   return mel
 
 
-def _forward(model, params, batch, mel, train: bool):
+def _loss_sums(model, params, batch, mel, *, train: bool, num_tasks: int, chunk_length: int):
+  """Forward pass and loss sums; with `chunk_length` > 0 the full logits are never formed."""
   audio = {}
   if mel is not None:
     audio = dict(audio_mel=mel, audio_lengths=batch["audio_lengths"],
                  audio_starts=batch["audio_starts"])
-  return model.apply({"params": params}, batch["input_ids"], positions=batch["positions"],
-                     segment_ids=batch["segment_ids"], train=train, **audio)
+  out = model.apply({"params": params}, batch["input_ids"], positions=batch["positions"],
+                    segment_ids=batch["segment_ids"], train=train,
+                    return_hidden=chunk_length > 0, **audio)
+  if chunk_length > 0:
+    head = output_head(params["llm"], model.config)
+    return loss_lib.chunked_loss_sums(out, head, batch, num_tasks, chunk_length)
+  return loss_lib.loss_sums(out, batch, num_tasks)
 
 
 def _micro_batches(batch: Dict[str, jax.Array], k: int) -> Dict[str, jax.Array]:
@@ -154,6 +162,7 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
   accum = int(config.optim.grad_accum_steps)
   num_tasks = len(config.data.mixture)
   z_weight = float(config.loss.z_loss_weight)
+  chunk_length = int(config.loss.chunk_length)
   augment = specaugment_config(config) if config.specaugment.enabled else None
   n_mels = model_config.encoder.n_mels
   mask = optimizer.trainable_mask
@@ -165,8 +174,8 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
     else:
       params = optimizer_lib.combine(mask, trained, frozen)
     mel = audio_features(micro, n_mels, key, augment)
-    logits = _forward(model, params, micro, mel, train=True)
-    sums = loss_lib.loss_sums(logits, micro, num_tasks)
+    sums = _loss_sums(model, params, micro, mel, train=True, num_tasks=num_tasks,
+                      chunk_length=chunk_length)
     return sums["loss_sum"] + z_weight * sums["z_loss_sum"], sums
 
   grad_fn = jax.grad(objective, has_aux=True)
@@ -242,11 +251,12 @@ def make_eval_step(config, model_config):
   model = QwenAudio(model_config)
   num_tasks = len(config.eval_data.mixture)
   n_mels = model_config.encoder.n_mels
+  chunk_length = int(config.loss.chunk_length)
 
   def eval_step(params, batch):
     mel = audio_features(batch, n_mels, None)
-    logits = _forward(model, params, batch, mel, train=False)
-    sums = loss_lib.loss_sums(logits, batch, num_tasks)
+    sums = _loss_sums(model, params, batch, mel, train=False, num_tasks=num_tasks,
+                      chunk_length=chunk_length)
     return {k: v for k, v in sums.items() if k != "z_loss_sum"}
 
   return eval_step

@@ -125,6 +125,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
 
   need(config.loss.z_loss_weight >= 0,
        f"config.loss.z_loss_weight={config.loss.z_loss_weight}: must be >= 0")
+  need(isinstance(config.loss.chunk_length, int) and config.loss.chunk_length >= 0,
+       f"config.loss.chunk_length={config.loss.chunk_length!r}: must be an integer >= 0 "
+       "(0 = the whole sequence's logits at once)")
   need(config.nonfinite in NONFINITE,
        f"config.nonfinite={config.nonfinite!r}: expected one of {NONFINITE}")
   _check_specaugment(config, problems)
