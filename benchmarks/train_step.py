@@ -50,7 +50,7 @@ def train_config() -> ml_collections.ConfigDict:
                  weight_decay=WEIGHT_DECAY, weight_decay_exclude=r"/(bias|scale)$",
                  grad_clip_norm=CLIP, grad_accum_steps=1),
       lora=dict(rank=0, alpha=16.0, target=""),
-      loss=dict(z_loss_weight=0.0),
+      loss=dict(z_loss_weight=0.0, chunk_length=0),
       specaugment=dict(enabled=False),
       data=dict(mixture=[("chat", 1.0)])))
 
