@@ -4,9 +4,9 @@
 #   launch/tpu_pod.sh TPU_NAME ZONE [PROJECT] -- --config=configs/pretrain.py:qwen_audio \
 #       --workdir=gs://bucket/runs/stage1 [--config.key=value ...]
 #
-# Every host runs the same command; `jax.distributed` finds the other hosts through the TPU
-# metadata, each host reads its own slice of the data (grain, by process index) and feeds its
-# local devices. The repository is copied to each host and installed there first.
+# Every host runs the same command with --distributed=true: `jax.distributed` finds the other
+# hosts through the TPU metadata, each host reads its own slice of the data (grain, by process
+# index) and feeds its local devices. The repository is copied to each host and installed there first.
 # Multislice: create the slices as one queued resource and pass its node names through
 # TPU_NAME=name1,name2; set config.mesh.dcn_data (or dcn_fsdp) to the number of slices.
 set -euo pipefail
@@ -36,7 +36,7 @@ done
 wait
 for name in "${names[@]}"; do
   gcloud compute tpus tpu-vm ssh "$name" --worker=all --zone "$zone" "${project_flag[@]}" \
-      --command "cd ~/qwen_audio_jax && python -m qwen_audio_jax.train${train_flags}" &
+      --command "cd ~/qwen_audio_jax && python -m qwen_audio_jax.train --distributed=true${train_flags}" &
 done
 wait
 rm -f "$archive"
