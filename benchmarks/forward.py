@@ -58,7 +58,21 @@ def make_batch(batch: int, text_tokens: int, vocab: int, seed: int = 0):
   return ids, mel
 
 
+def model_arguments(doc: str, *, text_tokens: int, iters: int) -> argparse.ArgumentParser:
+  """The flags of the model-vs-reference benchmarks (this one and train_step.py)."""
+  parser = argparse.ArgumentParser(description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--layers", type=int, default=4)
+  parser.add_argument("--width", type=int, default=512)
+  parser.add_argument("--batch", type=int, default=4)
+  parser.add_argument("--text-tokens", type=int, default=text_tokens)
+  parser.add_argument("--vocab", type=int, default=32768)
+  parser.add_argument("--iters", type=int, default=iters)
+  return parser
+
+
 def timed(fn, iters: int) -> float:
+  """Median milliseconds per call over `iters` calls after one warm-up call."""
   fn()  # compile / warm up
   times = []
   for _ in range(iters):
@@ -69,15 +83,7 @@ def timed(fn, iters: int) -> float:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--layers", type=int, default=4)
-  parser.add_argument("--width", type=int, default=512)
-  parser.add_argument("--batch", type=int, default=4)
-  parser.add_argument("--text-tokens", type=int, default=48)
-  parser.add_argument("--vocab", type=int, default=32768)
-  parser.add_argument("--iters", type=int, default=5)
-  args = parser.parse_args()
+  args = model_arguments(__doc__, text_tokens=48, iters=5).parse_args()
 
   from transformers import Qwen2AudioForConditionalGeneration
   ours_cfg, ref_cfg = configs(args.layers, args.width, args.vocab)

@@ -17,11 +17,8 @@ counted), steps/s of each, and the ratio ours / transformers (> 1: we are faster
     python benchmarks/train_step.py --small    # 1 + 1 layers, width 128, batch 1: smoke run
 """
 
-import argparse
 import os
-import statistics
 import sys
-import time
 
 import flax.linen as nn
 import jax
@@ -31,7 +28,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forward import configs, make_batch  # noqa: E402  (benchmarks/forward.py)
+from forward import configs, make_batch, model_arguments, timed  # noqa: E402  (benchmarks/forward.py)
 
 from qwen_audio_jax.audio import lengths  # noqa: E402
 from qwen_audio_jax.model.params import init_params  # noqa: E402
@@ -55,25 +52,8 @@ def train_config() -> ml_collections.ConfigDict:
       data=dict(mixture=[("chat", 1.0)])))
 
 
-def step_seconds(step, iters: int) -> float:
-  step()  # compile / warm up
-  times = []
-  for _ in range(iters):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
-
-
 def main():
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--layers", type=int, default=4)
-  parser.add_argument("--width", type=int, default=512)
-  parser.add_argument("--batch", type=int, default=4)
-  parser.add_argument("--text-tokens", type=int, default=128)
-  parser.add_argument("--vocab", type=int, default=32768)
-  parser.add_argument("--iters", type=int, default=3)
+  parser = model_arguments(__doc__, text_tokens=128, iters=3)
   parser.add_argument("--small", action="store_true",
                       help="1 + 1 layers, width 128, batch 1, 1 timed step: a quick smoke run")
   args = parser.parse_args()
@@ -109,7 +89,7 @@ def main():
     state, metrics = train_step(state, batch)
     jax.block_until_ready(metrics)
 
-  ours = step_seconds(ours_step, args.iters)
+  ours = timed(ours_step, args.iters) / 1000
   del state
 
   # ----- reference
@@ -133,7 +113,7 @@ def main():
     torch.nn.utils.clip_grad_norm_(reference.parameters(), CLIP)
     adamw.step()
 
-  theirs = step_seconds(reference_step, args.iters)
+  theirs = timed(reference_step, args.iters) / 1000
 
   print(f"config: {args.layers}+{args.layers} layers, width {args.width}, vocab {args.vocab}, "
         f"batch {rows} x 30 s clips, {length} tokens ({int(target.sum())} targets); "

@@ -83,4 +83,32 @@ def demo_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.checkpoint.keep_best_metric = "eval/loss"
   c.eval_every = 50
   c.eval_steps = 4
+  c.total_steps = 100
+  c.optim.warmup_steps = 10
+  c.optim.weight_decay = 0.0
+  return c
+
+
+PRESETS = ("demo", "qwen_audio")
+
+
+def check_preset(config_file: str, arg: str) -> None:
+  if arg not in PRESETS:
+    raise ValueError(f"{config_file}: unknown preset {arg!r}; expected one of {PRESETS}")
+
+
+def full_scale_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """What both stages of the paper's recipe share: Qwen-Audio at full size in bf16, AdamW with
+  warmup and cosine decay; the stage files set what differs (steps, batch, learning rates)."""
+  c.model.preset = "qwen_audio_7b"
+  c.model.overrides = ml_collections.ConfigDict(dict(
+      dtype="bfloat16", param_dtype="float32", remat_policy="dots_with_no_batch_dims"))
+  c.loss.chunk_length = 512  # not in the paper: 4 chunks of logits per 2048-token row (memory)
+  c.data.worker_count = 8  # grain workers per host (throughput, not from the paper)
+  c.optim.schedule = "warmup_cosine"  # paper: cosine decay
+  c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.98, 1e-6  # paper: AdamW betas, epsilon
+  c.optim.weight_decay = 0.05  # paper: weight decay
+  c.optim.grad_clip_norm = 1.0  # paper: gradient clipping
+  c.checkpoint.keep = 3
+  c.checkpoint.keep_best_metric = "eval/loss"
   return c

@@ -27,45 +27,32 @@ def _load_common():
 
 common = _load_common()
 
-PRESETS = ("demo", "qwen_audio")
+PRESETS = common.PRESETS
 
 
 def get_config(arg: str = "demo"):
-  if arg not in PRESETS:
-    raise ValueError(f"configs/pretrain.py: unknown preset {arg!r}; expected one of {PRESETS}")
+  common.check_preset("configs/pretrain.py", arg)
   c = common.base_config("pretrain")
   if arg == "demo":
     common.demo_overrides(c)
-    c.total_steps = 100
     # The frozen LLM is random in the demo: only the audio side learns, so it gets a large step.
     c.optim.learning_rate = 1e-2
-    c.optim.warmup_steps = 10
-    c.optim.weight_decay = 0.0
     return c
-  # The full recipe. Values from the paper's appendix table unless marked otherwise.
-  c.model.preset = "qwen_audio_7b"
-  c.model.overrides = common.ml_collections.ConfigDict(dict(
-      dtype="bfloat16", param_dtype="float32", remat_policy="dots_with_no_batch_dims"))
+  # The full recipe (shared parts in common.full_scale_overrides). Values from the paper's
+  # appendix table unless marked otherwise.
+  common.full_scale_overrides(c)
   c.total_steps = 500_000  # paper: training steps
   c.data.batch_size = 2048  # paper: global batch size
   c.eval_data.batch_size = 256
   c.data.packing = True  # not in the paper: fills the 2048-token rows (the LLM's seq_length)
   c.data.text_buckets = (2048,)
   c.eval_data.text_buckets = (1024, 2048)
-  c.loss.chunk_length = 512  # not in the paper: 4 chunks of logits per 2048-token row (memory)
-  c.data.worker_count = 8  # grain workers per host (throughput, not from the paper)
   c.optim.learning_rate = 5e-5  # paper: peak learning rate
   c.optim.end_learning_rate_ratio = 0.2  # paper: minimum learning rate 1e-5
-  c.optim.schedule = "warmup_cosine"  # paper: cosine decay
   c.optim.warmup_steps = 2000  # paper: warmup steps
-  c.optim.b1, c.optim.b2, c.optim.eps = 0.9, 0.98, 1e-6  # paper: AdamW betas, epsilon
-  c.optim.weight_decay = 0.05  # paper: weight decay
-  c.optim.grad_clip_norm = 1.0  # paper: gradient clipping
   c.specaugment.enabled = True  # paper: SpecAugment on the encoder input (LD policy here)
   c.mesh.data, c.mesh.fsdp = 1, -1  # ZeRO-style optimizer sharding as in the paper: FSDP
   c.checkpoint.every_steps = 2000
-  c.checkpoint.keep = 3
-  c.checkpoint.keep_best_metric = "eval/loss"
   c.log_every = 50
   c.eval_every = 5000
   c.eval_steps = 100

@@ -6,8 +6,6 @@ A stage-2 start from a stage-1 run's step directory is tested with the training 
 (tests/test_train_loop.py), where such directories exist.
 """
 
-import importlib.util
-import os
 
 import jax
 import ml_collections
@@ -16,22 +14,18 @@ import pytest
 import torch
 
 import _reference_models as ref
+import _train_configs
 from qwen_audio_jax import train
 from qwen_audio_jax.convert import convert_to_orbax, load_params
 from qwen_audio_jax.training import initialization
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny preset resized to the tiny transformers references below.
 MATCHING = dict(encoder=dict(mlp_dim=256, output_dim=64),
                 llm=dict(vocab_size=512, width=64, heads=4, kv_heads=4, head_dim=16, mlp_dim=128))
 
 
 def load_config(name):
-  spec = importlib.util.spec_from_file_location(f"config_{name}",
-                                                os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("demo")
+  c = _train_configs.load_config(name)
   c.model.overrides = ml_collections.ConfigDict(MATCHING)
   return c
 

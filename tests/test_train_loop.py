@@ -7,7 +7,6 @@ persistent compilation cache, so equal configs compile once.
 """
 
 import glob
-import importlib.util
 import json
 import os
 import shutil
@@ -26,24 +25,10 @@ import soundfile
 
 from qwen_audio_jax import sharding, train
 from qwen_audio_jax.data import DataPipeline
-from qwen_audio_jax.data.config import mixture_entry
 from qwen_audio_jax.training import checkpointing, initialization
 from qwen_audio_jax.training import step as step_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# A narrower tiny model: the loop, not the model, is under test here (its vocabulary stays the
-# real one, so the demo corpus's token ids fit).
-NARROW = dict(
-    encoder=dict(width=32, heads=2, mlp_dim=64, depth=1, output_dim=32),
-    llm=dict(width=32, heads=2, kv_heads=1, head_dim=16, mlp_dim=64, depth=1))
-
-
-def load_config(name, preset="demo"):
-  spec = importlib.util.spec_from_file_location(f"config_{name}",
-                                                os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(preset)
+from _train_configs import NARROW, REPO, load_config, tone_config
 
 
 @pytest.fixture(scope="module")
@@ -68,26 +53,6 @@ def tone_manifest(tmp_path_factory):
   path = root / "train.jsonl"
   path.write_text("".join(json.dumps(r) + "\n" for r in rows))
   return str(path)
-
-
-def tone_config(manifest, cache, **loop):
-  """Stage 1 on the tone rows with the narrow model; runs stop early through `stop_at_step`
-  (a long schedule keeps the compiled step the same for every test, SIGTERM's included)."""
-  c = load_config("pretrain")
-  c.model.overrides = ml_collections.ConfigDict(NARROW)
-  c.data.mixture = ml_collections.ConfigDict({"asr": mixture_entry(paths=manifest, tasks="asr")})
-  c.data.batch_size = 8
-  c.data.text_buckets = (64,)
-  c.total_steps = 10_000
-  c.optim.warmup_steps = 1
-  c.log_every = 1
-  c.eval_every = 0
-  c.checkpoint.keep_best_metric = ""
-  c.checkpoint.every_steps = 2
-  c.compilation_cache_dir = cache
-  for key, value in loop.items():
-    c[key] = value
-  return c
 
 
 def params_equal(a, b):
@@ -205,33 +170,17 @@ def test_nonfinite_halt_names_the_step_and_saves_nothing_after_it(tmp_path, tone
 
 
 def test_sigterm_saves_a_restorable_checkpoint_and_exits_0(tmp_path, tone_manifest, cache_dir):
-  # The config file builds the same config as `tone_config` without importing this module
-  # (which imports qwen_audio_jax.train: its flags must be defined only once in the child).
+  # The child's config file takes `tone_config` from tests/_train_configs.py, not from this
+  # module (which imports qwen_audio_jax.train: its flags must be defined only once).
   config_file = tmp_path / "sigterm_config.py"
   config_file.write_text(textwrap.dedent(f"""
-      import importlib.util
-      import ml_collections
-      from qwen_audio_jax.data.config import mixture_entry
-
-      spec = importlib.util.spec_from_file_location("pretrain", {os.path.join(REPO, "configs",
-                                                                            "pretrain.py")!r})
-      pretrain = importlib.util.module_from_spec(spec)
-      spec.loader.exec_module(pretrain)
+      import sys
+      sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+      from _train_configs import tone_config
 
       def get_config():
-        c = pretrain.get_config("demo")
-        c.model.overrides = ml_collections.ConfigDict({NARROW!r})
-        c.data.mixture = ml_collections.ConfigDict(
-            {{"asr": mixture_entry(paths={tone_manifest!r}, tasks="asr")}})
-        c.data.batch_size = 8
-        c.data.text_buckets = (64,)
-        c.total_steps = 10_000
-        c.optim.warmup_steps = 1
-        c.log_every = 1
-        c.eval_every = 0
-        c.checkpoint.keep_best_metric = ""
+        c = tone_config({tone_manifest!r}, {cache_dir!r})
         c.checkpoint.every_steps = 10_000
-        c.compilation_cache_dir = {cache_dir!r}
         return c
       """))
   workdir = tmp_path / "run"

@@ -1,0 +1,46 @@
+"""Training configs shared by the training-loop tests and the subprocess one of them starts
+(which must not import the test module: it imports qwen_audio_jax.train, whose flags may be
+defined only once in a process)."""
+
+import importlib.util
+import os
+
+import ml_collections
+
+from qwen_audio_jax.data.config import mixture_entry
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A narrower tiny model: the loop, not the model, is under test here (its vocabulary stays the
+# real one, so the demo corpus's token ids fit).
+NARROW = dict(
+    encoder=dict(width=32, heads=2, mlp_dim=64, depth=1, output_dim=32),
+    llm=dict(width=32, heads=2, kv_heads=1, head_dim=16, mlp_dim=64, depth=1))
+
+
+def load_config(name, preset="demo"):
+  """configs/<name>.py's get_config(preset)."""
+  spec = importlib.util.spec_from_file_location(f"config_{name}",
+                                                os.path.join(REPO, "configs", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(preset)
+
+
+def tone_config(manifest, cache, **loop):
+  """Stage 1 on the tone rows with the narrow model; runs stop early through `stop_at_step`
+  (a long schedule keeps the compiled step the same for every test, SIGTERM's included)."""
+  c = load_config("pretrain")
+  c.model.overrides = ml_collections.ConfigDict(NARROW)
+  c.data.mixture = ml_collections.ConfigDict({"asr": mixture_entry(paths=manifest, tasks="asr")})
+  c.data.batch_size = 8
+  c.data.text_buckets = (64,)
+  c.total_steps = 10_000
+  c.optim.warmup_steps = 1
+  c.log_every = 1
+  c.eval_every = 0
+  c.checkpoint.keep_best_metric = ""
+  c.checkpoint.every_steps = 2
+  c.compilation_cache_dir = cache
+  for key, value in loop.items():
+    c[key] = value
+  return c
