@@ -63,6 +63,9 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.log_every = 10
   c.eval_every = 500
   c.eval_steps = 0  # batches per evaluation; 0 = one full pass over eval_data
+  # Decoding evaluations (WER, accuracy, ... with generation), big_vision style: name ->
+  # a configs/eval.py benchmark with its `every_steps`; see qwen_audio_jax/evaluate/in_training.py.
+  c.evals = ml_collections.ConfigDict()
   c.tensorboard = True
   c.wandb = False
   c.wandb_project = "qwen_audio_jax"
