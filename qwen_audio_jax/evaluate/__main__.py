@@ -106,12 +106,17 @@ def main(argv):
     config_lib.validate_eval_config(c)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
-  if PREDICTIONS.value is not None:
-    output_dir = OUTPUT_DIR.value or os.path.dirname(os.path.abspath(PREDICTIONS.value))
-    result = rescore(c, PREDICTIONS.value, output_dir)
-  else:
-    distributed.initialize(DISTRIBUTED.value)
-    result = generate_and_score(c, CHECKPOINT.value, OUTPUT_DIR.value)
+  try:
+    if PREDICTIONS.value is not None:
+      output_dir = OUTPUT_DIR.value or os.path.dirname(os.path.abspath(PREDICTIONS.value))
+      result = rescore(c, PREDICTIONS.value, output_dir)
+    else:
+      config_lib.check_data_paths(c)
+      distributed.initialize(DISTRIBUTED.value)
+      result = generate_and_score(c, CHECKPOINT.value, OUTPUT_DIR.value)
+  except (FileNotFoundError, ValueError) as e:  # a missing checkpoint / manifest, a bad row
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   print(summary_line(result))
   print(f"report: {os.path.join(result['output_dir'], runner.REPORT_FILE)}")
   if result["unavailable_metrics"]:

@@ -134,5 +134,13 @@ def validate_eval_config(c: ml_collections.ConfigDict, where: str = "config") ->
        "must be an int >= 0 (0 = at the end of training only)")
 
 
+def check_data_paths(c: ml_collections.ConfigDict, where: str = "config") -> None:
+  """FileNotFoundError naming `<where>.data.paths` when a manifest or shard does not exist
+  (checked before a model is loaded)."""
+  from qwen_audio_jax.data.sources import expand_paths  # pylint: disable=g-import-not-at-top
+  if c.data.source != "tfds":
+    expand_paths(c.data.paths, f"{where}.data.paths")
+
+
 def caption_metric_names(c: ml_collections.ConfigDict):
   return tuple(m.strip() for m in c.caption_metrics.split(",") if m.strip())

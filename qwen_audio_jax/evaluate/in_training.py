@@ -26,10 +26,12 @@ PREFIX = "decode"
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
-  """Checks every `config.evals` entry (ValueError naming config.evals.<name>.<key>)."""
+  """Checks every `config.evals` entry (ValueError / FileNotFoundError naming
+  config.evals.<name>.<key>)."""
   for name in config.get("evals", {}).keys():
     entry = config.evals[name]
     config_lib.validate_eval_config(entry, where=f"config.evals.{name}")
+    config_lib.check_data_paths(entry, where=f"config.evals.{name}")
     if entry.name != name:
       raise ValueError(f"config.evals.{name}.name={entry.name!r}: must equal the entry's key "
                        f"{name!r} (it names the TensorBoard scalars and the output folder)")
