@@ -127,11 +127,14 @@ def mixed_manifest(tmp_path):
 
 
 class Echo:
-  """Answers 'a b c' to everything."""
+  """Answers the same text to everything."""
   num_compiled = 0
 
+  def __init__(self, text="a b c"):
+    self.text = text
+
   def generate(self, requests, config):
-    return [Result(tokens=np.zeros(1, np.int32), text="a b c", finish_reason="stop",
+    return [Result(tokens=np.zeros(1, np.int32), text=self.text, finish_reason="stop",
                    stop_token=0, prompt_tokens=1) for _ in requests]
 
 
@@ -169,6 +172,23 @@ def test_array_record_shards_as_a_source(tokenizer, tmp_path):
   assert result["metrics"]["accuracy"] == 1.0
 
 
+def test_tfds_source_through_its_adapter(tokenizer, tmp_path, monkeypatch):
+  # A TFDS LibriSpeech split (faked: dicts as tfds.data_source returns them, 16-bit PCM in
+  # int64) read through the librispeech adapter: clips arrive as arrays, transcripts lower-cased.
+  from qwen_audio_jax.data import tfds_source
+  t = np.arange(16000) / 16000
+  examples = [{"speech": (np.sin(2 * np.pi * 300 * t) * 20000).astype(np.int64),
+               "text": b"HELLO NUMBER ONE", "id": b"84-121-0"}]
+  monkeypatch.setattr(tfds_source, "open_data_source", lambda name, split, data_dir: examples)
+  c = config_lib.benchmark_config("ls", task="asr", metric="wer", language="en",
+                                  source="tfds", tfds_name="librispeech", tfds_split="test_clean")
+  result = runner.evaluate(c, Echo("hello number one"), tokenizer, str(tmp_path))
+  [record] = runner.read_predictions(str(tmp_path / "predictions.jsonl"))
+  assert record["reference"] == "hello number one" and record["id"] == "84-121-0"
+  assert record["prompt"].startswith("<audio>tfds://librispeech/84-121-0</audio>")
+  assert result["metrics"]["wer"] == 0.0
+
+
 def test_caption_references_and_unavailable_spice(tokenizer, tmp_path, monkeypatch):
   # Clotho rows carry all five captions in `references`; without Java, CIDEr is computed and
   # SPICE / SPIDEr are reported as not computable, with the reason.
@@ -193,6 +213,16 @@ def test_caption_references_and_unavailable_spice(tokenizer, tmp_path, monkeypat
   assert set(result["unavailable_metrics"]) == {"spice", "spider"}
   assert "SPICE needs Java" in result["unavailable_metrics"]["spice"]
   assert result["headline"] == {"cider": result["metrics"]["cider"]}
+
+
+def test_a_vocabulary_without_the_multitask_tags_is_refused(tmp_path):
+  class Qwen2Vocabulary:
+    def has_special(self, token):
+      return token in ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+  c = load_config("eval", "demo")
+  with pytest.raises(ValueError, match=r"lacks \['<\|startoftranscript\|>', '<\|transcribe\|>'"):
+    runner.evaluate(c, Echo(), Qwen2Vocabulary(), str(tmp_path))
 
 
 @pytest.mark.parametrize("key, value, message", [

@@ -67,6 +67,11 @@ class EvalData:
   """The rows of a benchmark's source, read one at a time (random access, any order)."""
 
   def __init__(self, c: ml_collections.ConfigDict, tokenizer):
+    missing = [t for t in tasks.get_task(c.task).special_tokens() if not tokenizer.has_special(t)]
+    if missing:
+      raise ValueError(f"benchmark {c.name!r} prompts with Qwen-Audio's multitask tags, but this "
+                       f"checkpoint's tokenizer lacks {missing} (a Qwen2-Audio-family "
+                       "vocabulary): evaluate a Qwen-Audio-family checkpoint")
     self.config = c
     self.source = pipeline_lib.make_source(c.data, name=c.name, task_id=0)
     # Rows a manifest scan refused before any was read (malformed JSON or fields).
