@@ -27,7 +27,16 @@ def chain_params(chain, config=CONFIG, seed=0):
   """Parameters whose LLM maps each token of `chain` ({token: next token}) to its successor."""
   if len(chain) > config.llm.width:
     raise ValueError(f"a chain of {len(chain)} tokens needs llm.width >= {len(chain)}")
-  params = jax.tree.map(np.array, nn.unbox(params_lib.init_params(config, jax.random.key(seed))))
+  rng = np.random.default_rng(seed)
+
+  def leaf(path, shape):  # norms at identity, everything else small and random (no model init)
+    name = getattr(path[-1], "key", "")
+    if name == "scale":
+      return np.ones(shape.shape, np.float32)
+    return (0.02 * rng.standard_normal(shape.shape)).astype(np.float32)
+
+  params = jax.tree_util.tree_map_with_path(
+      leaf, nn.unbox(params_lib.abstract_params(config)))
   llm = params["llm"]
   llm["layers"]["block"]["out"]["kernel"][:] = 0
   llm["layers"]["block"]["down"]["kernel"][:] = 0
