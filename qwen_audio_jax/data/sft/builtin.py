@@ -161,7 +161,7 @@ _BUILTIN = [
      "turns": [{"user": ["Are these two the same kind of sound?", "Do both clips contain the "
                          "same sound?"],
                 "assistant": "No: the first is {first_labels}, the second {second_labels}."}]},
-    {"name": "pair.describe_both", "family": "pair",
+    {"name": "pair.describe_both", "family": "pair", "differ": ["caption"],
      "where": {"target": {"family": "caption"}, "other": {"family": "caption"}},
      "turns": [{"user": ["Describe both clips.", "What do you hear in each recording?"],
                 "assistant": "First: {first_caption} Second: {second_caption}"},
