@@ -6,14 +6,14 @@ r"""Stage-2 dialogue data from stage-1 manifests: templates, two-clip comparison
         --llm --llm_base_url http://localhost:8000/v1 --llm_model Qwen/Qwen2.5-7B-Instruct
 
 Qwen-Audio-Chat's instruction data was made from labelled task data: hand-written examples per
-kind of label, then many question/answer dialogues an LLM wrote from each clip's labels and text
-(arXiv:2311.07919, section 3.2). This command does both. Every labelled row (any task family of
-`qwen_audio_jax.text.tasks`) becomes `--mix` template dialogues on average (built-in templates of
-`qwen_audio_jax.data.sft.builtin` and the user's `--templates`), `pair` dialogues compare two
-clips, rows that already are dialogues are kept (`--chat keep`), and with `--llm` an
-OpenAI-compatible endpoint writes more (`qwen_audio_jax.data.sft.llm`). Every choice is drawn
-from a generator seeded by `--seed` and the row's id, so the output depends only on the inputs
-and the seed.
+kind of label, then many question/answer dialogues an LLM (GPT-3.5) wrote from each clip's
+labels and text (arXiv:2311.07919, "Supervised Fine-tuning"). This command does both. Every
+labelled row (any task family of `qwen_audio_jax.text.tasks`) becomes `--mix` template
+dialogues on average (built-in templates of `qwen_audio_jax.data.sft.builtin` and the user's
+`--templates`), `pair` dialogues compare two clips, rows that already are dialogues are kept
+(`--chat keep`), and with `--llm` an OpenAI-compatible endpoint writes more
+(`qwen_audio_jax.data.sft.llm`). Every choice is drawn from a generator seeded by `--seed` and
+the row's id, so the output depends only on the inputs and the seed.
 
 The output is a manifest of `chat` rows (`configs/sft.py` reads it: `--config.data.mixture.chat.
 paths=chat.jsonl`), each with `provenance`: its source rows (id, manifest, line), the generator
