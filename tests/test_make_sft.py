@@ -383,3 +383,17 @@ def test_sft_demo_config_trains_on_the_command_output(tmp_path):
   losses = [result.history[s]["loss"] for s in sorted(result.history)]
   assert len(losses) == 4 and np.all(np.isfinite(losses))
   assert losses[-1] < losses[0]
+
+
+def test_command_line_errors_name_the_input(tmp_path, capsys):
+  bad = tmp_path / "t.jsonl"
+  bad.write_text('{"name": "x", "family": "asr", "turns": [{"user": "{nope}", '
+                 '"assistant": "a"}]}\n')
+  assert make_sft.main(["--manifest", DEMO_TRAIN, "--out", str(tmp_path / "o.jsonl"),
+                        "--templates", str(bad)]) == 2
+  assert f"{bad}:1 (template 'x'): placeholder {{nope}}" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    make_sft.main(["--manifest", DEMO_TRAIN, "--out", "o.jsonl", "--mix", "asr"])
+  with pytest.raises(SystemExit):
+    make_sft.main(["--manifest", DEMO_TRAIN, "--out", "o.jsonl", "--llm"])
+  assert "--llm needs --llm_base_url" in capsys.readouterr().err

@@ -294,3 +294,65 @@ def test_a_killed_run_resumes_with_nothing_lost(tmp_path):
   finally:
     os.environ.pop("TEST_LLM_KEY", None)
     server.close()
+
+
+@pytest.mark.parametrize("question, answer, reason", [
+    ("What does the speaker say?", "The cat sat on the mat.", None),
+    ("What does the speaker say?", "The cat sat on a mat.", "wrong_transcript"),
+    ("Could you transcribe it?", "Sure: the cat sat on the mat", None),
+    ("Who is speaking?", "Someone saying \"the cat sat\".", None),
+    ("Who is speaking?", "Someone saying \"the dog sat\".", "wrong_transcript"),
+    ("How many words are there?", "There are 6 words.", None),
+    ("How many words are there?", "There are seven words.", "wrong_count"),
+    ("How many people speak?", "One person.", None),  # nothing known to check against
+    ("Is the answer in the transcript provided?", "Yes.", "mentions_metadata"),
+    ("What is it?", "The metadata says a cat.", "mentions_metadata"),
+])
+def test_transcript_and_count_checks(question, answer, reason):
+  facts = {"family": "asr", "transcript": "the cat sat on the mat", "n_words": 6}
+  assert llm_lib.check_pair(question, answer, facts, [], []) == reason
+
+
+@pytest.mark.parametrize("question, answer, reason", [
+    ("What do you hear?", "Thunder and rain.", None),
+    ("What do you hear?", "Rain and a dog.", "wrong_label"),
+    ("Is there a dog?", "No dog, just rain.", None),  # the question brought the dog up
+    ("How many different sound events are there?", "Two.", None),
+    ("How many different sound events are there?", "Three of them.", "wrong_count"),
+])
+def test_label_checks(question, answer, reason):
+  facts = {"family": "event", "labels": "rain and thunder", "n_labels": 2}
+  assert llm_lib.check_pair(question, answer, facts, ["rain", "thunder"],
+                            ["dog", "rain", "siren", "thunder"]) == reason
+
+
+@pytest.mark.parametrize("text, reason, n", [
+    ('{"pairs": [{"question": "What is it?", "answer": "A hum."}]}', None, 1),
+    ('```\n{"pairs": [{"question": "What is it?", "answer": "A hum."}]}\n```', None, 1),
+    ('{"pairs": []}', "schema", 0),
+    ('{"pairs": [{"question": "What is it?", "answer": ""}]}', "schema", 0),
+    ('{"pairs": [{"question": "What?", "answer": "A", "note": 1}]}', "schema", 0),
+    ('{"pairs": [{"question": 3, "answer": "A"}]}', "schema", 0),
+    ('[1, 2]', "schema", 0),
+    ('{"pairs": [', "invalid_json", 0),
+    ('', "empty_response", 0),
+    (None, "empty_response", 0),
+])
+def test_response_validation(text, reason, n):
+  pairs_, why = llm_lib.parse_response(text)
+  assert why == reason and len(pairs_) == n
+
+
+def test_cache_survives_a_torn_last_line(tmp_path):
+  path = tmp_path / "cache.jsonl"
+  cache = llm_lib.ResponseCache(str(path))
+  cache.put("a", "answer a")
+  cache.close()
+  with open(path, "a") as f:
+    f.write('{"key": "b", "resp')  # killed mid-write
+  cache = llm_lib.ResponseCache(str(path))
+  assert cache.get("a") == (True, "answer a") and cache.get("b") == (False, None)
+  cache.put("b", None)
+  cache.close()
+  assert llm_lib.ResponseCache(str(path)).get("b") == (True, None) and len(
+      path.read_text().splitlines()) == 2

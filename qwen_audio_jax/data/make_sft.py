@@ -217,20 +217,21 @@ def existing_ids(path: str) -> set:
   """Ids of the dialogues an earlier run wrote; a torn last line (a killed run) is cut off."""
   if not os.path.exists(path):
     return set()
+  ids, end = set(), 0  # end: the byte after the last complete line
   with open(path, "rb+") as f:
-    data = f.read()
-    if data and not data.endswith(b"\n"):
-      f.truncate(data.rfind(b"\n") + 1)
-      data = data[:data.rfind(b"\n") + 1]
-  ids = set()
-  for number, line in enumerate(data.splitlines(), start=1):
-    if line.strip():
+    for number, line in enumerate(f, start=1):
+      if not line.endswith(b"\n"):
+        break
+      end += len(line)
+      if not line.strip():
+        continue
       try:
         ids.add(json.loads(line)["id"])
       except (json.JSONDecodeError, KeyError, TypeError):
         raise manifest_lib.ManifestError(
             f"{path}:{number}: not a dialogue row of this command; --out must be a new file or "
             "the output of an earlier run with the same arguments") from None
+    f.truncate(end)
   return ids
 
 

@@ -65,12 +65,13 @@ SYSTEM_PROMPT = (
     "or JSON. Vary the questions (content, details, counts, yes/no, reasoning). Reply with JSON "
     "only, in this form: {{\"pairs\": [{{\"question\": \"...\", \"answer\": \"...\"}}]}}")
 _PROMPT_FACTS_SKIPPED = ("family", "absent_label")
-_METADATA = re.compile(r"\b(labels?|labell?ed|metadata|json|annotations?|the (given|provided) "
-                       r"(transcript|caption|text|facts|information)|ground truth)\b", re.I)
+_METADATA = re.compile(r"\b(labels?|labell?ed|metadata|json|annotations?|ground truth|"
+                       r"(given|provided) (transcript|caption|text|facts|information)|"
+                       r"(transcript|caption|text|facts|information) (given|provided))\b", re.I)
 _SAYS = re.compile(r"\b(what (is|was|does|did|do) [\w\s]*?(say|said|saying|spoken|speak)|"
                    r"transcri\w*|repeat\w*|exact words|word for word)\b", re.I)
 _QUOTED = re.compile(r"[\"“]([^\"”]+)[\"”]")
-_HOW_MANY = re.compile(r"\bhow many ([a-z']+)", re.I)
+_HOW_MANY = re.compile(r"\bhow many ((?:[a-z']+\s*){1,3})", re.I)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,15 +162,17 @@ def _expected_count(question: str, row_facts: Mapping[str, Any]) -> Optional[int
   match = _HOW_MANY.search(question)
   if not match:
     return None
-  noun = match.group(1).lower().rstrip("s")
-  if noun == "word" and "n_words" in row_facts:
-    return int(row_facts["n_words"])
-  if "count" in row_facts and row_facts["count_noun"].split()[0].rstrip("s") == noun:
-    return int(row_facts["count"])
-  if noun in ("entitie", "entity", "name") and "n_entities" in row_facts:
-    return int(row_facts["n_entities"])
-  if noun in ("label", "event", "sound") and "n_labels" in row_facts:
-    return int(row_facts["n_labels"])
+  counted = row_facts.get("count_noun", "").split()
+  for word in match.group(1).lower().split():  # 'how many (different) (sound) events'
+    noun = word.rstrip("s")
+    if noun == "word" and "n_words" in row_facts:
+      return int(row_facts["n_words"])
+    if counted and counted[0].rstrip("s") == noun:
+      return int(row_facts["count"])
+    if noun in ("entitie", "entity", "name") and "n_entities" in row_facts:
+      return int(row_facts["n_entities"])
+    if noun in ("label", "event", "sound") and "n_labels" in row_facts:
+      return int(row_facts["n_labels"])
   return None
 
 
