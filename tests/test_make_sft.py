@@ -356,33 +356,36 @@ def test_an_interrupted_run_resumes_without_loss_or_duplicates(every_family, tmp
   assert out.read_bytes() == straight.read_bytes()
 
 
-def test_sft_demo_config_trains_on_the_command_output(tmp_path):
+def test_sft_demo_config_trains_on_the_command_output(tmp_path, tmp_path_factory):
   """`configs/sft.py:demo` trains a few steps on dialogues this command made from the demo
   corpus's labelled rows (its own dialogue rows left out)."""
   from qwen_audio_jax import train  # pylint: disable=g-import-not-at-top
   out = tmp_path / "sft" / "chat.jsonl"
   assert make_sft.main(["--manifest", DEMO_TRAIN, "--out", str(out), "--chat", "skip",
                         "--mix", "srwt=0"]) == 0  # srwt's timed transcripts: long rows
+  # The settings of test_train_loop's stage-2 run, so that the suite compiles the step once
+  # (the persistent compilation cache it shares); only the data differ.
   c = load_config("sft")
   c.model.overrides = ml_collections.ConfigDict(NARROW)
   c.data.mixture = ml_collections.ConfigDict({"chat": mixture_entry(paths=str(out),
                                                                     tasks="chat")})
-  c.eval_data.mixture = c.data.mixture
-  c.data.batch_size = 8
-  c.data.text_buckets = (256,)
-  c.total_steps = 4
+  c.mesh.data, c.mesh.tensor = 4, 2
+  c.data.batch_size = c.eval_data.batch_size = 4
+  c.data.text_buckets = c.eval_data.text_buckets = (256,)
+  steps = c.total_steps = 6
   c.optim.learning_rate = 5e-3
-  c.optim.warmup_steps = 1
-  c.log_every = 1
-  c.eval_every = 0
-  c.checkpoint.every_steps = 4
-  c.checkpoint.keep_best_metric = ""
-  c.compilation_cache_dir = str(tmp_path / "jax_cache")
+  c.optim.warmup_steps = 2
+  c.log_every = 3
+  c.eval_every = steps
+  c.eval_steps = 1
+  c.checkpoint.every_steps = steps
+  c.compilation_cache_dir = str(tmp_path_factory.getbasetemp().parent / "train_loop_jax_cache")
   result = train.run(c, str(tmp_path / "run"))
-  assert result.step == 4
+  assert result.step == steps
   losses = [result.history[s]["loss"] for s in sorted(result.history)]
-  assert len(losses) == 4 and np.all(np.isfinite(losses))
-  assert losses[-1] < losses[0]
+  assert len(losses) == steps and np.all(np.isfinite(losses))
+  assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.05
+  assert np.isfinite(result.evals[steps]["eval/loss"])
 
 
 def test_command_line_errors_name_the_input(tmp_path, capsys):

@@ -88,6 +88,7 @@ class Server:
     self.requests = {}  # case -> attempts received
     self.healthy = False  # True: the failing cases answer too
     self.delay = delay  # seconds before every answer
+    self.in_flight = self.max_in_flight = 0
     server = self
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -102,6 +103,16 @@ class Server:
             or self.headers.get("Authorization") != "Bearer secret-key"):
           return self.reply(401, "")  # counted nowhere: the test's counts then fail
         case = case_of(body)
+        with server.lock:
+          server.in_flight += 1
+          server.max_in_flight = max(server.max_in_flight, server.in_flight)
+        try:
+          self.answer(case)
+        finally:
+          with server.lock:
+            server.in_flight -= 1
+
+      def answer(self, case):
         with server.lock:
           server.requests[case] = attempt = server.requests.get(case, 0) + 1
           total = sum(server.requests.values())
@@ -159,9 +170,10 @@ def server():
   s.close()
 
 
-def llm_config(url, **kw):
-  return llm_lib.LLMConfig(base_url=url, model="test-model", api_key="secret-key", pairs=3,
-                           timeout=TIMEOUT, retries=2, backoff=0.01, backoff_max=0.05, **kw)
+def llm_config(url, **overrides):
+  return llm_lib.LLMConfig(**dict(dict(
+      base_url=url, model="test-model", api_key="secret-key", pairs=3, timeout=TIMEOUT,
+      retries=2, backoff=0.01, backoff_max=0.05), **overrides))
 
 
 def write_manifest(path, rows):
@@ -239,6 +251,22 @@ def test_every_kind_of_response_is_counted(server, tmp_path):
   fourth = make_sft.run(options)
   assert fourth["llm"]["requests_sent"] == 0 and fourth["llm"]["cache_hits"] == len(ROWS)
   assert len(read_jsonl(out)) == len(rows) + 2 == fourth["dialogues_out"]["total"]
+
+
+def test_concurrent_requests_are_bounded_and_written_in_input_order(tmp_path):
+  server = Server(delay=0.2)
+  try:
+    rows = [{"id": f"c{i}", "task": "caption", "audio": f"a/c{i}.wav", "text": f"case c{i}"}
+            for i in range(10)]
+    out = tmp_path / "o.jsonl"
+    report = make_sft.run(make_sft.Options(
+        manifests=[write_manifest(tmp_path / "in.jsonl", rows)], out=str(out),
+        builtin_templates=False, llm=llm_config(server.url, timeout=5.0), concurrency=4))
+    assert report["llm"]["requests_sent"] == 10
+    assert server.max_in_flight == 4
+    assert [r["id"] for r in read_jsonl(out)] == [f"c{i}/llm" for i in range(10)]
+  finally:
+    server.close()
 
 
 def test_rate_limit_spaces_the_requests(server, tmp_path):

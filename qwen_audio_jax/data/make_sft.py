@@ -454,6 +454,21 @@ def _resolve(options: Options) -> Options:
     raise ValueError(f"--llm_fraction must be in [0, 1], got {options.llm_fraction}")
   if options.concurrency < 1:
     raise ValueError(f"--llm_concurrency must be >= 1, got {options.concurrency}")
+  for flag, value in (("--default_ratio", options.default_ratio),
+                      ("--pair_ratio", options.pair_ratio)):
+    if not value >= 0:
+      raise ValueError(f"{flag} must be >= 0 (dialogues per row), got {value}")
+  llm = options.llm
+  if llm is not None:
+    for flag, ok in (("--llm_pairs must be in [1, 16]", 1 <= llm.pairs <= 16),
+                     ("--llm_timeout must be > 0", llm.timeout > 0),
+                     ("--llm_retries must be >= 0", llm.retries >= 0),
+                     ("--llm_backoff and --llm_backoff_max must be >= 0",
+                      llm.backoff >= 0 and llm.backoff_max >= 0),
+                     ("--llm_rate must be >= 0", llm.rate >= 0),
+                     ("--llm_max_tokens must be > 0", llm.max_tokens > 0)):
+      if not ok:
+        raise ValueError(f"{flag}, got {llm}")
   return dataclasses.replace(
       options, report=options.report or options.out + ".report.json",
       llm_cache=options.llm_cache or options.out + ".llm_cache.jsonl")
