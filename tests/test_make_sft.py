@@ -15,7 +15,7 @@ from qwen_audio_jax.data import manifest as manifest_lib
 from qwen_audio_jax.data.config import DEMO_DIR, mixture_entry
 from qwen_audio_jax.data.sft import builtin
 from qwen_audio_jax.data.sft import templates as templates_lib
-from qwen_audio_jax.data.sft.facts import as_sentence
+from qwen_audio_jax.data.sft.facts import as_sentence, row_facts
 from qwen_audio_jax.text import chat, tasks
 from qwen_audio_jax.text.tokenizer import QwenAudioTokenizer
 
@@ -192,7 +192,7 @@ def test_two_clip_dialogues_point_at_the_right_clip(tmp_path):
     first, second = (rows[s["id"]] for s in prov["sources"])
     target_n = prov["target_clip"]
     target, other = (first, second) if target_n == 1 else (second, first)
-    ordinal, other_ordinal = ("first", "second")[target_n - 1], ("first", "second")[2 - target_n]
+    ordinal = ("first", "second")[target_n - 1]
     assert clip_paths(row, tmp_path) == [os.path.join(DEMO_DIR, r["audio"])
                                          for r in (first, second)]
     assert first["audio"] != second["audio"]
@@ -200,27 +200,27 @@ def test_two_clip_dialogues_point_at_the_right_clip(tmp_path):
     answer = row["messages"][1]["content"]
     name = prov["template"]
     checked.add(name)
+    t, o, f, s_ = (row_facts(r) for r in (target, other, first, second))
     if name == "pair.which_speech":
       assert tasks.get_task(target["task"]).speech and not tasks.get_task(other["task"]).speech
-      assert ordinal in answer
+      assert answer.startswith(f"The {ordinal} ")
     elif name == "pair.transcribe_one":
       assert ordinal in question or f"audio {target_n}" in question.lower()
-      assert as_sentence(target["text"]) in answer
+      assert t["sentence"] in answer
     elif name == "pair.which_event":
-      assert target["label"] in question and target["label"] != other["label"]
-      assert ordinal in answer or f"Audio {target_n}" in answer
+      assert t["label"] in question and t["label"] != o["label"]
+      assert answer.startswith(f"The {ordinal} clip;") or answer == f"Audio {target_n}."
     elif name == "pair.more_words":
-      assert len(target["text"].split()) > len(other["text"].split()) and ordinal in answer
+      assert t["n_words"] > o["n_words"] and answer.startswith(f"In the {ordinal} clip")
     elif name == "pair.describe_both":
-      assert answer == (f"First: {as_sentence(first['text'])} Second: "
-                        f"{as_sentence(second['text'])}")
-      assert row["messages"][3]["content"] == as_sentence(target["text"]) and ordinal in (
+      assert answer == f"First: {f['caption']} Second: {s_['caption']}"
+      assert row["messages"][3]["content"] == t["caption"] and ordinal in (
           row["messages"][2]["content"])
     elif name in ("pair.same_event", "pair.different_event"):
-      same = first["label"] == second["label"]
+      same = f["labels"] == s_["labels"]
       assert same == (name == "pair.same_event")
-      assert first["label"] in answer and (same or answer.index(first["label"]) < answer.index(
-          second["label"]))
+      assert f["labels"] in answer and (same or answer.index(f["labels"]) < answer.index(
+          s_["labels"]))
   assert {"pair.which_speech", "pair.which_event", "pair.describe_both"} <= checked
 
 

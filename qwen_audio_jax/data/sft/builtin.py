@@ -2,9 +2,10 @@
 
 Written in the template schema of `qwen_audio_jax.data.sft.templates` (the same a user's file
 follows; `python -m qwen_audio_jax.data.make_sft --list_templates` prints them as JSONL, a
-starting point for one's own). They follow what the paper lists for Qwen-Audio-Chat's
-hand-written examples: what is said, translate it, describe the sound, which event, how many,
-emotion, speaker and song metadata, and comparisons of two clips.
+starting point for one's own). They ask about each kind of label the task families carry: what
+is said, translate it, describe the sound, which event, how many, which emotion, speaker and song
+metadata, and comparisons of two clips. The paper describes its hand-written demonstrations only
+in kind (arXiv:2311.07919, "Supervised Fine-tuning"); these phrasings are this package's own.
 """
 
 from typing import List
