@@ -654,7 +654,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
   try:
     report = run(options_from_args(args))
-  except (ValueError, FileNotFoundError) as e:  # ManifestError, TemplateError: named inputs
+  except (ValueError, FileNotFoundError, ImportError) as e:  # named inputs, missing extras
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(format_report(report))
