@@ -77,11 +77,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _row(args, path: str) -> Dict[str, Any]:
+  from qwen_audio_jax.text import tasks  # pylint: disable=g-import-not-at-top
   row: Dict[str, Any] = {"task": args.task, "audio": path}
-  if args.task in ("asr", "srwt", "translation"):
-    row["audio_language"] = args.language
-  elif args.task in ("emotion", "vocal_sound"):
-    row["audio_language"] = args.language
+  task = tasks.get_task(args.task)
+  if task.speech or task.default_audio_language != specials.UNKNOWN_LANGUAGE:
+    row["audio_language"] = args.language  # speech tasks, and those whose prompt names it
   if args.task == "translation":
     if not args.target_language:
       raise UsageError("--target-language is required for --task translation (e.g. de)")
@@ -97,10 +97,9 @@ def _row(args, path: str) -> Dict[str, Any]:
 
 def _prompt(args, path: str) -> str:
   from qwen_audio_jax.text import tasks  # pylint: disable=g-import-not-at-top
+  row = _row(args, path)
   try:
-    text = tasks.prompt(_row(args, path))
-  except UsageError:
-    raise
+    text = tasks.prompt(row)
   except ValueError as e:  # a field of the row: name the flag it came from
     message = str(e).replace("field 'audio_language'", "--language").replace(
         "field 'text_language'", "--target-language").replace("field 'question'", "--question")
