@@ -30,7 +30,8 @@ from ml_collections import config_flags
 from qwen_audio_jax import sharding
 from qwen_audio_jax.convert import save_model_config
 from qwen_audio_jax.data import DataPipeline, batch_spec, global_batches, make_global_batch
-from qwen_audio_jax.training import checkpointing, distributed, flops, initialization, validation
+from qwen_audio_jax.training import (checkpointing, compilation_cache, distributed, flops,
+                                     initialization, validation)
 from qwen_audio_jax.training import metrics as metrics_lib
 from qwen_audio_jax.training import optimizer as optimizer_lib
 from qwen_audio_jax.training import step as step_lib
@@ -70,15 +71,6 @@ def write_resolved_config(config: ml_collections.ConfigDict, model_config, workd
   path.mkdir(parents=True, exist_ok=True)
   (path / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
   save_model_config(model_config, os.fspath(path / "model_config.json"))
-
-
-def enable_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """JAX's persistent compilation cache: restarts and resumes skip recompiling."""
-  directory = config.compilation_cache_dir or os.path.join(
-      os.path.dirname(os.path.abspath(workdir.rstrip("/"))), ".jax_cache")
-  jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  return directory
 
 
 def build_mesh(config: ml_collections.ConfigDict) -> Mesh:
@@ -228,7 +220,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   model_config = initialization.model_config_from(config)
   workdir = os.fspath(workdir)
   write_resolved_config(config, model_config, workdir)
-  cache_dir = enable_compilation_cache(config, workdir)
+  cache_dir = compilation_cache.enable(config.compilation_cache_dir, workdir)
   is_main = jax.process_index() == 0
   logging.info("Workdir %s; compilation cache %s", workdir, cache_dir)
 
