@@ -25,9 +25,8 @@ from absl import app, flags, logging
 from etils import epath
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from ml_collections import config_flags
 
-from qwen_audio_jax import sharding
+from qwen_audio_jax import configs, sharding
 from qwen_audio_jax.convert import save_model_config
 from qwen_audio_jax.data import DataPipeline, batch_spec, global_batches, make_global_batch
 from qwen_audio_jax.training import (checkpointing, compilation_cache, distributed, flops,
@@ -36,9 +35,11 @@ from qwen_audio_jax.training import metrics as metrics_lib
 from qwen_audio_jax.training import optimizer as optimizer_lib
 from qwen_audio_jax.training import step as step_lib
 
-CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training config file and preset, e.g. configs/pretrain.py:demo; override "
-    "keys with --config.<key>=<value>.", lock_config=True)
+CONFIG = configs.DEFINE_config_file(
+    "config", "Training config file and preset, e.g. configs/pretrain.py:demo, or a packaged "
+    f"config by name ({', '.join(configs.names())}), e.g. pretrain:demo; override keys with "
+    "--config.<key>=<value>.", lock_config=True)
+flags.declare_key_flag("config")
 WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory of the run: config.json, checkpoints/, tensorboard/. An existing "
     "run in it is resumed from its latest complete checkpoint. Default: workdir/<config file "

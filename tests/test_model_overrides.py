@@ -6,9 +6,9 @@ import os
 
 import pytest
 from absl import flags
-from ml_collections import config_flags
 
 from qwen_audio_jax import config as model_config_lib
+from qwen_audio_jax import configs
 from qwen_audio_jax.training import initialization
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,11 +19,11 @@ CHOICES = {"remat_policy": model_config_lib.REMAT_POLICIES,
 
 
 def parse(config_arg, *overrides):
-  """--config=<file>:<preset> plus overrides, through absl + ml_collections' config flag."""
+  """--config=<file>:<preset> plus overrides, through the training command's config flag."""
   argv = ["train", f"--config={config_arg}", *overrides]
   flag_values = flags.FlagValues()
-  holder = config_flags.DEFINE_config_file("config", None, "config", flag_values=flag_values,
-                                           lock_config=True, sys_argv=argv)
+  holder = configs.DEFINE_config_file("config", flag_values=flag_values, lock_config=True,
+                                      sys_argv=argv)
   flag_values(argv)
   return holder.value
 
