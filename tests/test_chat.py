@@ -7,11 +7,9 @@ import numpy as np
 import pytest
 from transformers import Qwen2AudioProcessor
 
-import _reference_models as ref
 from qwen_audio_jax import config as model_config_lib
 from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.text import chat
-from qwen_audio_jax.text import tokenizer as tokenizer_lib
 from qwen_audio_jax.text.tokenizer import QwenAudioTokenizer
 
 SECOND = 16000
@@ -171,10 +169,8 @@ def test_bad_dialogues_are_explained(tok, messages, clips, message):
 
 
 @pytest.fixture(scope="module")
-def qwen2_tok(tmp_path_factory):
-  directory = ref.save_qwen2_audio_tokenizer(str(tmp_path_factory.mktemp("qwen2_audio_tok")),
-                                             tokenizer_lib.SPLIT_PATTERN)
-  return QwenAudioTokenizer.load(directory)
+def qwen2_tok(qwen2_audio_tokenizer_dir):
+  return QwenAudioTokenizer.load(qwen2_audio_tokenizer_dir)
 
 
 def template_ids(hf_tokenizer, messages, clips, generation_prompt):

@@ -256,11 +256,10 @@ def test_pickles_by_vocabulary_path(tok):
 
 
 @pytest.fixture(scope="module")
-def qwen2_audio_dir(tmp_path_factory):
+def qwen2_audio_dir(qwen2_audio_tokenizer_dir):
   """A Qwen2-Audio-style checkpoint directory: transformers' Qwen2Tokenizer over the same BPE
   ranks, converted from qwen.tiktoken offline, with Qwen2-Audio's first special tokens."""
-  import _reference_models as ref  # pylint: disable=g-import-not-at-top
-  return ref.save_qwen2_audio_tokenizer(str(tmp_path_factory.mktemp("qwen2_audio")), PATTERN)
+  return qwen2_audio_tokenizer_dir
 
 
 def test_transformers_tokenizer_of_a_qwen2_audio_checkpoint(qwen2_audio_dir, tok, tmp_path):

@@ -176,16 +176,47 @@ def check_complete(params: Dict, model_config, mesh: Mesh, where: str) -> None:
   _check_against(params, abstract_params(model_config, mesh), where, complete=True)
 
 
-def load_full(path: str, model_config, mesh: Mesh) -> Dict:
-  """Complete parameters from a converted checkpoint or a step directory of a training run."""
-  from qwen_audio_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+def load_run_step(path: str, model_config, mesh: Mesh) -> Tuple[Dict, str]:
+  """A run's step directory as complete parameters, and what was done with its LoRA factors.
+
+  Read with `checkpoints` (the run's own configuration from its workdir). A LoRA run's factors
+  are merged into their kernels, so the new run starts from exactly the model the old run
+  evaluated; LoRA factors of the new run (if any) start from zero on top of it.
+  """
+  from qwen_audio_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from qwen_audio_jax.training import lora  # pylint: disable=g-import-not-at-top
+  where = f"config.init.checkpoint={path!r}"
+  run_config = checkpoints.read_run_config(path)
+  run_model = checkpoints.run_model_config(path)
+  params, factors = checkpoints.restore_run_params(path, run_model, run_config, mesh)
+  note = ""
+  if factors is not None:
+    params = jax.jit(lambda p, f: lora.merge(run_config, p, f))(params, factors)
+    note = (f" (its LoRA factors, rank {run_config.lora.rank} on {len(factors)} kernels, merged "
+            f"into the weights)")
+    logging.info("%s: LoRA factors of rank %d merged into %d kernels", where,
+                 run_config.lora.rank, len(factors))
   expected = abstract_params(model_config, mesh)
+  _check_against(params, expected, where, complete=True)
+  params = jax.tree.map(lambda x, e: x if x.dtype == e.dtype else x.astype(e.dtype), params,
+                        expected)
+  return params, note
+
+
+def _load_full(path: str, model_config, mesh: Mesh) -> Tuple[Dict, str]:
+  from qwen_audio_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   if checkpointing.is_run_step_dir(path):
-    params = checkpointing.restore_params_from_step_dir(path, expected)
-  else:
-    params = _load_converted(path, model_config, mesh, "checkpoint")
-  _check_against(params, expected, f"config.init.checkpoint={path!r}", complete=True)
-  return params
+    return load_run_step(path, model_config, mesh)
+  params = _load_converted(path, model_config, mesh, "checkpoint")
+  _check_against(params, abstract_params(model_config, mesh), f"config.init.checkpoint={path!r}",
+                 complete=True)
+  return params, ""
+
+
+def load_full(path: str, model_config, mesh: Mesh) -> Dict:
+  """Complete parameters from a converted checkpoint or a step directory of a training run (a
+  LoRA run's factors merged)."""
+  return _load_full(path, model_config, mesh)[0]
 
 
 def initial_params(config: ml_collections.ConfigDict, model_config, mesh: Mesh,
@@ -193,7 +224,8 @@ def initial_params(config: ml_collections.ConfigDict, model_config, mesh: Mesh,
   """The run's first parameters and a description of where each part came from."""
   init = config.init
   if init.checkpoint:
-    return load_full(init.checkpoint, model_config, mesh), [f"all from {init.checkpoint}"]
+    params, note = _load_full(init.checkpoint, model_config, mesh)
+    return params, [f"all from {init.checkpoint}{note}"]
   params = random_params(model_config, mesh, rng)
   sources, restored = [], set()
   expected = abstract_params(model_config, mesh)
