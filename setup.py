@@ -61,6 +61,10 @@ setup(
             "hypothesis>=6.170.0",
             "transformers>=5.24.0",
             "torch==2.13.0",
+            # References of the export and chat tests: PEFT's LoRA loader, jinja2 for
+            # transformers' Qwen2-Audio chat template.
+            "peft>=0.21.2",
+            "jinja2>=3.1.6",
         ],
         # TFDS mixture entries (source='tfds'); datasets with tfds.features.Audio also need
         # tensorflow.

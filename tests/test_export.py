@@ -229,7 +229,7 @@ def test_run_exports_merged_to_qwen2_audio_and_matches_transformers(lora_run, tm
 
 
 def test_run_exports_lora_as_a_peft_adapter(lora_run, tmp_path):
-  peft = pytest.importorskip("peft")  # in the test extras
+  import peft  # pylint: disable=g-import-not-at-top  (test extras)
   config, _, step_dir = lora_run
   merged_dir, base_dir = str(tmp_path / "merged"), str(tmp_path / "base")
   export_checkpoint(step_dir, "qwen2_audio", merged_dir, progress=False)

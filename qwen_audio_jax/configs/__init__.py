@@ -8,8 +8,8 @@ ml_collections does, or one of these by name, so the same command works in a che
     --config=pretrain:demo                 short form: configs/pretrain.py, preset demo
     --config=/path/to/my_config.py:arg     any other config file
 
-The files load their shared keys (`common.py`) by path, so each also works when copied out of
-the package and edited.
+The files import their shared keys from `qwen_audio_jax.configs.common`, so each also works
+when copied out of the package and edited.
 """
 
 import os
