@@ -9,7 +9,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def console_scripts():
-  """`qwen-audio-<name>` for every command of qwen_audio_jax/cli.py whose module exists."""
+  """`qwen-audio-<name>` for every command of qwen_audio_jax/cli.py whose module exists (read
+  without importing the package, whose dependencies may not be installed yet)."""
   with open(os.path.join(HERE, "qwen_audio_jax", "cli.py"), encoding="utf-8") as f:
     tree = ast.parse(f.read())
   values = {t.id: ast.literal_eval(node.value) for node in tree.body
@@ -19,7 +20,8 @@ def console_scripts():
   for name, module in values["COMMANDS"].items():
     path = os.path.join(HERE, *module.split("."))
     if os.path.exists(path + ".py") or os.path.exists(os.path.join(path, "__main__.py")):
-      scripts.append(f"{values['SCRIPT_PREFIX']}{name} = qwen_audio_jax.cli:{name}")
+      script = values["SCRIPT_PREFIX"] + name.replace("_", "-")  # as cli.script_name
+      scripts.append(f"{script} = qwen_audio_jax.cli:{name}")
   return scripts
 
 
@@ -65,9 +67,14 @@ setup(
             # transformers' Qwen2-Audio chat template.
             "peft>=0.21.2",
             "jinja2>=3.1.6",
+            # make_sft's LLM path (tested against a loopback server)
+            "openai>=3.57.0",
+            "jsonschema>=4.26.0",
         ],
         # TFDS mixture entries (source='tfds'); datasets with tfds.features.Audio also need
         # tensorflow.
         "tfds": ["tensorflow-datasets>=4.9.10"],
+        # LLM-written dialogues in `python -m qwen_audio_jax.data.make_sft --llm`.
+        "sft": ["openai>=3.57.0", "jsonschema>=4.26.0"],
     },
 )

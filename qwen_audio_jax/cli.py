@@ -1,4 +1,5 @@
-"""The command lines, by name: `qwen-audio-<name>` runs `python -m <module>`.
+"""The command lines, by name: `qwen-audio-<name>` runs `python -m <module>` (underscores in a
+name become dashes in the script's name: make_sft -> qwen-audio-make-sft).
 
 `COMMANDS` is the one list: setup.py installs a console script for every entry whose module
 exists, and each script runs its module exactly as `python -m` does (same flags, same exit
@@ -11,6 +12,8 @@ import runpy
 COMMANDS = {
     "train": "qwen_audio_jax.train",
     "convert": "qwen_audio_jax.convert",
+    "prepare": "qwen_audio_jax.data.prepare",
+    "make_sft": "qwen_audio_jax.data.make_sft",
     "infer": "qwen_audio_jax.infer",
     "chat": "qwen_audio_jax.chat",
     "evaluate": "qwen_audio_jax.evaluate",
