@@ -13,10 +13,11 @@ when copied out of the package and edited.
 """
 
 import os
-from typing import List
+from typing import List, Optional
 
 from absl import flags
 from ml_collections import config_flags
+from ml_collections.config_flags import config_path
 from ml_collections.config_flags import config_flags as config_flags_lib
 
 DIRECTORY = os.path.dirname(os.path.abspath(__file__))
@@ -51,6 +52,34 @@ class _Parser(config_flags_lib.ConfigFileFlagParser):
     return super().parse(resolve(path))
 
 
+def _unknown_override(flag, argument: str) -> Optional[str]:
+  """The first `--NAME.key` override of the command line that names no key of the config."""
+  config = flag.parser.parse(argument)
+  for override in flag._GetOverrides(flag._GetArgv()):  # pylint: disable=protected-access
+    try:
+      config_path.get_type(override, config)
+    except (AttributeError, KeyError, IndexError):
+      return override
+  return None
+
+
+def _naming_unknown_keys(flag):
+  """Wraps the flag's parse so that an override of a missing key is named in full."""
+  parse = flag._parse  # pylint: disable=protected-access
+
+  def checked(argument):
+    try:
+      return parse(argument)
+    except (AttributeError, KeyError) as e:
+      bad = _unknown_override(flag, argument)
+      if bad is None:
+        raise
+      raise flags.IllegalFlagValueError(
+          f"--{flag.name}.{bad}: the config {argument} has no key {bad!r} ({e})") from e
+
+  flag._parse = checked  # pylint: disable=protected-access
+
+
 def DEFINE_config_file(name: str, help_string: str = "config file",  # pylint: disable=invalid-name
                        flag_values: flags.FlagValues = flags.FLAGS, **kwargs):
   """`config_flags.DEFINE_config_file` whose value may also name a packaged config; overrides
@@ -59,4 +88,5 @@ def DEFINE_config_file(name: str, help_string: str = "config file",  # pylint: d
                                            **kwargs)
   flag = flag_values[name]
   flag.parser = _Parser(name=name, lock_config=flag.parser._lock_config)  # pylint: disable=protected-access
+  _naming_unknown_keys(flag)
   return holder
