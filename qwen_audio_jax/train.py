@@ -25,19 +25,21 @@ from absl import app, flags, logging
 from etils import epath
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from ml_collections import config_flags
 
-from qwen_audio_jax import sharding
+from qwen_audio_jax import configs, sharding
 from qwen_audio_jax.convert import save_model_config
 from qwen_audio_jax.data import DataPipeline, batch_spec, global_batches, make_global_batch
-from qwen_audio_jax.training import checkpointing, distributed, flops, initialization, validation
+from qwen_audio_jax.training import (checkpointing, compilation_cache, distributed, flops,
+                                     initialization, validation)
 from qwen_audio_jax.training import metrics as metrics_lib
 from qwen_audio_jax.training import optimizer as optimizer_lib
 from qwen_audio_jax.training import step as step_lib
 
-CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training config file and preset, e.g. configs/pretrain.py:demo; override "
-    "keys with --config.<key>=<value>.", lock_config=True)
+CONFIG = configs.DEFINE_config_file(
+    "config", "Training config file and preset, e.g. configs/pretrain.py:demo, or a packaged "
+    f"config by name ({', '.join(configs.names())}), e.g. pretrain:demo; override keys with "
+    "--config.<key>=<value>.", lock_config=True)
+flags.declare_key_flag("config")
 WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory of the run: config.json, checkpoints/, tensorboard/. An existing "
     "run in it is resumed from its latest complete checkpoint. Default: workdir/<config file "
@@ -70,15 +72,6 @@ def write_resolved_config(config: ml_collections.ConfigDict, model_config, workd
   path.mkdir(parents=True, exist_ok=True)
   (path / "config.json").write_text(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
   save_model_config(model_config, os.fspath(path / "model_config.json"))
-
-
-def enable_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """JAX's persistent compilation cache: restarts and resumes skip recompiling."""
-  directory = config.compilation_cache_dir or os.path.join(
-      os.path.dirname(os.path.abspath(workdir.rstrip("/"))), ".jax_cache")
-  jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  return directory
 
 
 def build_mesh(config: ml_collections.ConfigDict) -> Mesh:
@@ -228,7 +221,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   model_config = initialization.model_config_from(config)
   workdir = os.fspath(workdir)
   write_resolved_config(config, model_config, workdir)
-  cache_dir = enable_compilation_cache(config, workdir)
+  cache_dir = compilation_cache.enable(config.compilation_cache_dir, workdir)
   is_main = jax.process_index() == 0
   logging.info("Workdir %s; compilation cache %s", workdir, cache_dir)
 

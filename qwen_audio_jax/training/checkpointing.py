@@ -163,17 +163,6 @@ def is_run_step_dir(path: str) -> bool:
   return (epath.Path(path) / STATE_ITEM).is_dir()
 
 
-def restore_params_from_step_dir(path: str, abstract_params) -> Any:
-  """Only the parameters of a run's step directory (e.g. stage 2 from a stage-1 step)."""
-  item = {"params": abstract_params}
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    restored = checkpointer.restore(
-        epath.Path(absolute(path)) / STATE_ITEM, args=ocp.args.PyTreeRestore(
-            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-            partial_restore=True))
-  return restored["params"]
-
-
 class PreemptionWatch:
   """SIGTERM -> a flag the loop polls at step boundaries (save, then exit 0).
 
