@@ -242,6 +242,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   train_step = CompiledByShape("train_step", train_jit, mesh,
                                lambda batch: (abstract_state, _abstract(batch)))
   train_step.compile(abstract_batch(config.data, mesh, max(config.data.text_buckets)))
+  distributed.barrier("compiled")
   eval_step = None
   if eval_pipeline is not None:
     eval_jit = jax.jit(step_lib.make_eval_step(config, model_config),
