@@ -27,10 +27,11 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from qwen_audio_jax import sharding
+from qwen_audio_jax import errors, sharding
 from qwen_audio_jax.convert import save_model_config
 from qwen_audio_jax.data import DataPipeline, batch_spec, global_batches, make_global_batch
-from qwen_audio_jax.training import checkpointing, distributed, flops, initialization, validation
+from qwen_audio_jax.training import checkpointing, distributed, flops, initialization, startup
+from qwen_audio_jax.training import validation
 from qwen_audio_jax.training import metrics as metrics_lib
 from qwen_audio_jax.training import optimizer as optimizer_lib
 from qwen_audio_jax.training import step as step_lib
@@ -46,6 +47,7 @@ DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", list(distributed.MODES), "Call jax.distributed.initialize() first: "
     "'auto' does when the environment names several processes (Slurm, Open MPI, multi-host TPU "
     "VMs, JAX_COORDINATOR_ADDRESS).")
+TRACEBACK = flags.DEFINE_bool("traceback", False, errors.TRACEBACK_HELP)
 
 
 @dataclasses.dataclass
@@ -227,6 +229,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   validation.validate(config)
   model_config = initialization.model_config_from(config)
   workdir = os.fspath(workdir)
+  startup.check_workdir(workdir)
   write_resolved_config(config, model_config, workdir)
   cache_dir = enable_compilation_cache(config, workdir)
   is_main = jax.process_index() == 0
@@ -335,8 +338,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       steps.append(flat)
       if flat.get("nonfinite", 0.0) > 0 and config.nonfinite == "halt":
         checkpoints.wait_until_finished()
-        raise FloatingPointError(
-            f"non-finite loss or gradients at step {s} (config.nonfinite='halt'); the state "
+        raise errors.NonFiniteError(
+            f"non-finite {_nonfinite_what(flat)} at step {s} (config.nonfinite='halt'); the state "
             f"after it was not checkpointed (latest checkpoint: step "
             f"{checkpoints.latest_step()})")
     elapsed = time.time() - window_start - (train_step.compile_seconds - window_compile)
@@ -417,6 +420,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
                    resumed_from=resumed_from)
 
 
+def _nonfinite_what(flat: Dict[str, float]) -> str:
+  return "update" if flat.get("nonfinite_update", 0.0) > 0 else "loss or gradients"
+
+
 def _abstract(batch):
   return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=getattr(v, "sharding", None))
           for k, v in batch.items()}
@@ -453,10 +460,15 @@ def main(argv):
     logging.info("jax.distributed initialised (%s): process %d of %d", joined,
                  jax.process_index(), jax.process_count())
   workdir = WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
-  result = run(CONFIG.value, workdir)
+  try:
+    with startup.sigterm_ends_startup():
+      result = run(CONFIG.value, workdir)
+  except errors.StartupInterrupted as e:
+    startup.report_interrupted(e)
+    return
   if result.preempted:
     logging.info("Preempted at step %d; checkpoint saved, exiting cleanly", result.step)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run_absl(main)

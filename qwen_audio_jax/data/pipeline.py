@@ -9,8 +9,8 @@ Per task of the mixture (all inside grain, so worker processes run everything bu
 
 then: weighted mixture of the tasks (grain's deterministic interleave by weight; evaluation
 chains the tasks instead) -> packing or one example per row -> fixed-shape batches ->
-worker processes with prefetch. The main process sums the counts that ride along the batches
-(`DataStats`) and stops the run past the bad-data limit. The order of batches depends only on
+worker processes with prefetch (they die with the process that started them: workers.py).
+The main process sums the counts that ride along the batches (`DataStats`) and stops the run past the bad-data limit. The order of batches depends only on
 the config (seed included), the worker count and the process index / count.
 """
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.data import config as config_lib
-from qwen_audio_jax.data import batching, datasets
+from qwen_audio_jax.data import batching, datasets, workers
 from qwen_audio_jax.data.sources import ArrayRecordSource, JsonlSource, expand_paths
 from qwen_audio_jax.data.stats import DataStats, StatsDelta
 from qwen_audio_jax.data.transforms import ExampleBuilder, load_tokenizer
@@ -187,7 +187,8 @@ class DataPipeline:
       if c.worker_math_threads:
         _limit_math_threads_of_new_processes(c.worker_math_threads)
       batches = batches.mp_prefetch(grain.MultiprocessingOptions(
-          num_workers=c.worker_count, per_worker_buffer_size=c.worker_buffer_size))
+          num_workers=c.worker_count, per_worker_buffer_size=c.worker_buffer_size),
+          worker_init_fn=workers.die_with_parent())
     return batches
 
   def padding_batch(self) -> Dict[str, np.ndarray]:

@@ -11,6 +11,8 @@ import collections
 import dataclasses
 from typing import Any, Dict, List, Mapping, Sequence
 
+from qwen_audio_jax.errors import DataQualityError  # pylint: disable=unused-import (re-exported)
+
 # Bad data: the example itself is broken. These count towards the abort threshold.
 BAD_REASONS = (
     "unreadable",  # the audio cannot be opened or decoded
@@ -25,10 +27,6 @@ RULE_REASONS = (
     "text_too_long",  # more tokens than the largest text bucket (and truncation impossible)
     "too_many_clips",  # more clips than max_clips_per_row
 )
-
-
-class DataQualityError(RuntimeError):
-  """Raised when a task's share of bad examples passes the configured limit."""
 
 
 @dataclasses.dataclass(frozen=True)
