@@ -30,12 +30,12 @@ from qwen_audio_jax.data.transforms import ExampleBuilder, load_tokenizer
 
 
 def make_source(entry: ml_collections.ConfigDict, *, name: str, task_id: int,
-                known_tasks=None):
-  """The random-access source of one mixture entry."""
+                known_tasks=None, counted_files=None):
+  """The random-access source of one mixture entry (`counted_files`: see JsonlSource)."""
   if entry.source == "jsonl":
     tasks = [t.strip() for t in entry.tasks.split(",") if t.strip()] or None
     return JsonlSource(expand_paths(entry.paths, f"mixture.{name}.paths"), tasks=tasks,
-                       known_tasks=known_tasks, task_id=task_id)
+                       known_tasks=known_tasks, task_id=task_id, counted_files=counted_files)
   if entry.source == "array_record":
     return ArrayRecordSource(expand_paths(entry.paths, f"mixture.{name}.paths"))
   from qwen_audio_jax.data.tfds_source import TfdsSource  # pylint: disable=g-import-not-at-top
@@ -117,9 +117,10 @@ class DataPipeline:
     self._tokenizer = tokenizer
     self._load_stats = self._new_stats()
     self.sources = []
+    counted_files = set()  # each unowned manifest row is counted by one entry only
     for task_id, name in enumerate(self.task_names):
       source = make_source(config.mixture[name], name=name, task_id=task_id,
-                           known_tasks=known_tasks)
+                           known_tasks=known_tasks, counted_files=counted_files)
       if hasattr(source, "rejections"):
         self._load_stats.record_load_rejections(name, source.rejections, source.total_rows)
       if len(source) == 0:
