@@ -105,12 +105,22 @@ def parse_absl_flags(argv: List[str]) -> List[str]:
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    raise FlagError(f"{e} (see --helpshort)") from e
+    raise FlagError(f"{_without_stack_text(str(e))} (see --helpshort)") from e
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     message = _config_override_problem(argv, flags.FLAGS)
     if message is None:
       raise
     raise FlagError(message) from e
+
+
+def _without_stack_text(message: str) -> str:
+  """ml_collections pastes a config file's whole traceback into its flag error: keep the
+  exception line (the stack stays available with --traceback)."""
+  head, marker, stack = message.partition("Traceback (most recent call last):")
+  lines = [line.strip() for line in stack.splitlines() if line.strip()]
+  if not marker or not lines or wants_traceback():
+    return message
+  return f"{head.strip()} {lines[-1]}"
 
 
 def _config_override_problem(argv: Sequence[str], flag_values) -> Optional[str]:
@@ -122,12 +132,31 @@ def _config_override_problem(argv: Sequence[str], flag_values) -> Optional[str]:
     name, path = arg[2:].split("=", 1)[0].split(".", 1)
     if name not in flag_values:
       continue
-    config = flag_values[name].value
+    config = _loaded_config(flag_values[name], argv)
     if not hasattr(config, "keys"):
       continue
     problem = unknown_key_message(config, path)
     if problem is not None:
       return f"--{name}.{path}: {problem}"
+  return None
+
+
+def _loaded_config(flag, argv: Sequence[str]):
+  """The config of an ml_collections config flag (loaded again from its file when the failure
+  came while the flag itself was being parsed); None when it cannot be had."""
+  if hasattr(flag.value, "keys"):
+    return flag.value
+  for i, arg in enumerate(argv):
+    if arg == f"--{flag.name}" and i + 1 < len(argv):
+      value = argv[i + 1]
+    elif arg.startswith(f"--{flag.name}="):
+      value = arg.split("=", 1)[1]
+    else:
+      continue
+    try:
+      return flag.parser.parse(value)
+    except Exception:  # pylint: disable=broad-except (only a better message is at stake)
+      return None
   return None
 
 
