@@ -33,6 +33,9 @@ class ConfigError(UserError, ValueError):
     self.problems = list(problems)
     super().__init__("invalid training config:\n  " + "\n  ".join(self.problems))
 
+  def __reduce__(self):  # pickles (e.g. out of a worker process) with its problems intact
+    return type(self), (self.problems,)
+
 
 class FlagError(UserError, ValueError):
   """A command-line flag that cannot work (the message names the flag)."""

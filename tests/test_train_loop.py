@@ -11,10 +11,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
-import textwrap
-import time
 
 import jax
 import ml_collections
@@ -28,7 +24,7 @@ from qwen_audio_jax.data import DataPipeline
 from qwen_audio_jax.training import checkpointing, initialization
 from qwen_audio_jax.training import step as step_lib
 
-from _train_configs import NARROW, REPO, load_config, tone_config
+from _train_configs import NARROW, load_config, read_until, start_trainer, tone_config
 
 
 @pytest.fixture(scope="module")
@@ -181,31 +177,12 @@ def test_nonfinite_halt_names_the_step_and_saves_nothing_after_it(tmp_path, tone
 def test_sigterm_saves_a_restorable_checkpoint_and_exits_0(tmp_path, tone_manifest, cache_dir):
   # The child's config file takes `tone_config` from tests/_train_configs.py, not from this
   # module (which imports qwen_audio_jax.train: its flags must be defined only once).
-  config_file = tmp_path / "sigterm_config.py"
-  config_file.write_text(textwrap.dedent(f"""
-      import sys
-      sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
-      from _train_configs import tone_config
-
-      def get_config():
-        c = tone_config({tone_manifest!r}, {cache_dir!r})
-        c.checkpoint.every_steps = 10_000
-        return c
-      """))
   workdir = tmp_path / "run"
-  process = subprocess.Popen(
-      [sys.executable, "-m", "qwen_audio_jax.train", f"--config={config_file}",
-       f"--workdir={workdir}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-      text=True)
+  process = start_trainer(tmp_path, tone_manifest, cache_dir)
   lines = []
   try:
-    deadline = time.time() + 240
-    for line in process.stdout:
-      lines.append(line)
-      if line.startswith("step 2/10000"):
-        process.send_signal(signal.SIGTERM)
-        break
-      assert time.time() < deadline, "".join(lines[-20:])
+    read_until(process, lambda line: line.startswith("step 2/10000"), lines)
+    process.send_signal(signal.SIGTERM)
     rest, _ = process.communicate(timeout=120)
   finally:
     if process.poll() is None:

@@ -9,8 +9,6 @@ tone rows of test_train_loop.py, sharing its compilation cache.
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
 
 import grain
@@ -24,7 +22,7 @@ from qwen_audio_jax import errors, train
 from qwen_audio_jax.training import checkpointing, metrics, validation
 from qwen_audio_jax.training import step as step_lib
 
-from _train_configs import REPO, tone_config
+from _train_configs import read_until, start_trainer, tone_config
 from test_train_loop import blow_up_config, cache_dir, initial_params, params_equal  # noqa: F401
 from test_train_loop import tone_manifest  # noqa: F401  (fixtures)
 
@@ -105,35 +103,6 @@ def test_progress_line_shows_skipped_steps_only_when_there_are_some():
                                                 "train/skipped_steps_total": 2.0})
 
 
-def _start_trainer(tmp_path, manifest, cache, **data):
-  config_file = tmp_path / "config.py"
-  config_file.write_text(textwrap.dedent(f"""
-      import sys
-      sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
-      from _train_configs import tone_config
-
-      def get_config():
-        c = tone_config({manifest!r}, {cache!r})
-        c.checkpoint.every_steps = 10_000
-        c.data.update({data!r})
-        return c
-      """))
-  return subprocess.Popen(
-      [sys.executable, "-m", "qwen_audio_jax.train", f"--config={config_file}",
-       f"--workdir={tmp_path / 'run'}"], cwd=REPO, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True)
-
-
-def _read_until(process, predicate, lines, seconds=240):
-  deadline = time.time() + seconds
-  for line in process.stdout:
-    lines.append(line)
-    if predicate(line):
-      return
-    assert time.time() < deadline, "".join(lines[-20:])
-  raise AssertionError("the trainer ended early:\n" + "".join(lines[-30:]))
-
-
 def _children(pid):
   """{pid: command} of the live processes whose parent is `pid` (ps: Linux and macOS)."""
   table = subprocess.run(["ps", "-ww", "-A", "-o", "pid=,ppid=,stat=,command="],
@@ -156,10 +125,10 @@ def _alive(pid):
 
 
 def test_sigkill_of_the_trainer_leaves_no_data_worker_alive(tmp_path, tone_manifest, cache_dir):
-  process = _start_trainer(tmp_path, tone_manifest, cache_dir, worker_count=2)
+  process = start_trainer(tmp_path, tone_manifest, cache_dir, worker_count=2)
   lines = []
   try:
-    _read_until(process, lambda line: line.startswith("step 1/"), lines)
+    read_until(process, lambda line: line.startswith("step 1/"), lines)
     children = _children(process.pid)
     workers = [p for p, command in children.items() if "multiprocessing" in command]
     assert len(workers) >= 2, children  # 2 grain workers (and the resource tracker)
@@ -180,10 +149,10 @@ def test_sigkill_of_the_trainer_leaves_no_data_worker_alive(tmp_path, tone_manif
 
 
 def test_sigterm_during_startup_exits_0_with_a_message(tmp_path, tone_manifest, cache_dir):
-  process = _start_trainer(tmp_path, tone_manifest, cache_dir)
+  process = start_trainer(tmp_path, tone_manifest, cache_dir)
   lines = []
   try:
-    _read_until(process, lambda line: "Workdir " in line, lines)  # validated, not yet compiled
+    read_until(process, lambda line: "Workdir " in line, lines)  # validated, not yet compiled
     process.send_signal(signal.SIGTERM)
     rest, _ = process.communicate(timeout=120)
   finally:

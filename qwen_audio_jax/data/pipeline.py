@@ -10,8 +10,9 @@ Per task of the mixture (all inside grain, so worker processes run everything bu
 then: weighted mixture of the tasks (grain's deterministic interleave by weight; evaluation
 chains the tasks instead) -> packing or one example per row -> fixed-shape batches ->
 worker processes with prefetch (they die with the process that started them: workers.py).
-The main process sums the counts that ride along the batches (`DataStats`) and stops the run past the bad-data limit. The order of batches depends only on
-the config (seed included), the worker count and the process index / count.
+The main process sums the counts that ride along the batches (`DataStats`) and stops the run
+past the bad-data limit. The order of batches depends only on the config (seed included), the
+worker count and the process index / count.
 """
 
 import os

@@ -10,8 +10,9 @@ Orbax writes each step into a temporary directory and renames it only once every
 complete (on object stores, a commit marker instead); the manager never lists unfinished steps,
 so a run killed mid-save resumes from the previous complete one, and leftover temporaries are
 removed at start-up. Before every save the state is checked on the device (`finite.py`): a
-state holding a NaN or an infinity is never written (CheckpointError naming the arrays). Kept: the latest `keep` steps, plus the best one by an eval metric when
-`keep_best_metric` is set.
+state holding a NaN or an infinity is never written (CheckpointError naming the arrays).
+Kept: the latest `keep` steps, plus the best one by an eval metric when `keep_best_metric` is
+set.
 
 Preemption: SIGTERM sets a flag (`PreemptionWatch`); the loop saves at the next step boundary
 and exits cleanly. On multi-host runs JAX's preemption sync point (Orbax's `reached_preemption`)

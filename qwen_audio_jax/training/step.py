@@ -19,8 +19,9 @@ One train step:
             trained parameters or the optimizer state (one reduction per array, `finite.py`),
             skips the update: parameters and optimizer state stay as they were, `nonfinite` = 1
             in the metrics (`nonfinite_update` = 1 when only the update was at fault; the loop
-            halts or counts it, per `config.nonfinite`). The step counter still advances, so the data stream and the
-            step numbers stay aligned; the optimizer's own count (and so its schedule) does not.
+            halts or counts it, per `config.nonfinite`). The step counter still advances, so
+            the data stream and the step numbers stay aligned; the optimizer's own count (and
+            so its schedule) does not.
 """
 
 import dataclasses

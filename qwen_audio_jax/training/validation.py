@@ -130,7 +130,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
       problems.append(f"config.{key}={pattern!r}: not a valid regular expression ({e})")
       regexes_ok = False
   need(config.lora.rank >= 0, f"config.lora.rank={config.lora.rank}: must be >= 0 (0 = off)")
-  need(_finite(config.lora.alpha) and config.lora.alpha > 0, f"config.lora.alpha={config.lora.alpha}: must be > 0")
+  need(_finite(config.lora.alpha) and config.lora.alpha > 0,
+       f"config.lora.alpha={config.lora.alpha}: must be a finite number > 0")
 
   if model_config is not None and regexes_ok:
     _check_stage(config, model_config, need)
