@@ -455,13 +455,13 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config=configs/pretrain.py:demo")
-  joined = distributed.initialize(DISTRIBUTED.value)
-  if joined:
-    logging.info("jax.distributed initialised (%s): process %d of %d", joined,
-                 jax.process_index(), jax.process_count())
   workdir = WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
   try:
     with startup.sigterm_ends_startup():
+      joined = distributed.initialize(DISTRIBUTED.value)
+      if joined:
+        logging.info("jax.distributed initialised (%s): process %d of %d", joined,
+                     jax.process_index(), jax.process_count())
       result = run(CONFIG.value, workdir)
   except errors.StartupInterrupted as e:
     startup.report_interrupted(e)

@@ -14,7 +14,7 @@ from qwen_audio_jax.audio import io as audio_io
 from qwen_audio_jax.data.config import DEMO_DIR, mixture_entry
 from qwen_audio_jax.data.pipeline import DataPipeline
 from qwen_audio_jax.data.sources import SourceExample
-from qwen_audio_jax.data.stats import DataQualityError, DataStats, Rejection
+from qwen_audio_jax.data.stats import DataQualityError, DataStats, Rejection, StatsDelta
 from qwen_audio_jax.data.transforms import Example, ExampleBuilder, load_tokenizer
 from test_data_pipeline import asr_row, data_config, event_row, tone
 
@@ -145,7 +145,13 @@ def test_load_time_and_running_abort_rules_agree(min_examples, aborts):
 
 def test_truncated_audio_counts_towards_the_abort_threshold():
   stats = DataStats(["asr"], max_bad_fraction=0.1, min_examples=10)
-  stats.tasks["asr"].examples, stats.tasks["asr"].rejected = 8, {"truncated_audio": 2}
+  delta = StatsDelta()
+  for _ in range(8):
+    delta.add_example(0, tokens=10, target_tokens=5, truncated=False)
+  for i in range(2):
+    delta.add_rejection(Rejection(0, "truncated_audio", f"m.jsonl:{i}", "truncated audio: ..."))
+  stats.merge(delta)
+  assert stats.tasks["asr"].rejected == {"truncated_audio": 2}
+  assert np.isclose(stats.tasks["asr"].bad_fraction(), 0.2)
   with pytest.raises(DataQualityError, match="truncated_audio"):
     stats.check()
-  assert np.isclose(stats.tasks["asr"].bad_fraction(), 0.2)
