@@ -4,6 +4,7 @@ defined only once in a process)."""
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -80,3 +81,16 @@ def read_until(process, predicate, lines, seconds=240):
       return
     assert time.time() < deadline, "".join(lines[-20:])
   raise AssertionError("the trainer ended early:\n" + "".join(lines[-30:]))
+
+
+def terminate_when(process, predicate, seconds=240):
+  """SIGTERM at the first output line satisfying `predicate`; (exit status, whole output)."""
+  lines = []
+  try:
+    read_until(process, predicate, lines, seconds)
+    process.send_signal(signal.SIGTERM)
+    rest, _ = process.communicate(timeout=120)
+  finally:
+    if process.poll() is None:
+      process.kill()
+  return process.returncode, "".join(lines) + rest

@@ -10,7 +10,6 @@ import glob
 import json
 import os
 import shutil
-import signal
 
 import jax
 import ml_collections
@@ -24,7 +23,7 @@ from qwen_audio_jax.data import DataPipeline
 from qwen_audio_jax.training import checkpointing, initialization
 from qwen_audio_jax.training import step as step_lib
 
-from _train_configs import NARROW, load_config, read_until, start_trainer, tone_config
+from _train_configs import NARROW, load_config, start_trainer, terminate_when, tone_config
 
 
 @pytest.fixture(scope="module")
@@ -178,17 +177,9 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_0(tmp_path, tone_manife
   # The child's config file takes `tone_config` from tests/_train_configs.py, not from this
   # module (which imports qwen_audio_jax.train: its flags must be defined only once).
   workdir = tmp_path / "run"
-  process = start_trainer(tmp_path, tone_manifest, cache_dir)
-  lines = []
-  try:
-    read_until(process, lambda line: line.startswith("step 2/10000"), lines)
-    process.send_signal(signal.SIGTERM)
-    rest, _ = process.communicate(timeout=120)
-  finally:
-    if process.poll() is None:
-      process.kill()
-  output = "".join(lines) + rest
-  assert process.returncode == 0, output[-3000:]
+  status, output = terminate_when(start_trainer(tmp_path, tone_manifest, cache_dir),
+                                  lambda line: line.startswith("step 2/10000"))
+  assert status == 0, output[-3000:]
   steps = checkpointing.Checkpoints(str(workdir), keep=1).all_steps()
   assert len(steps) == 1 and 2 <= steps[0] < 10_000, output[-3000:]
   with ocp.StandardCheckpointer() as checkpointer:

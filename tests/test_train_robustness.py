@@ -22,7 +22,7 @@ from qwen_audio_jax import errors, train
 from qwen_audio_jax.training import checkpointing, metrics, validation
 from qwen_audio_jax.training import step as step_lib
 
-from _train_configs import read_until, start_trainer, tone_config
+from _train_configs import read_until, start_trainer, terminate_when, tone_config
 from test_train_loop import blow_up_config, cache_dir, initial_params, params_equal  # noqa: F401
 from test_train_loop import tone_manifest  # noqa: F401  (fixtures)
 
@@ -149,17 +149,10 @@ def test_sigkill_of_the_trainer_leaves_no_data_worker_alive(tmp_path, tone_manif
 
 
 def test_sigterm_during_startup_exits_0_with_a_message(tmp_path, tone_manifest, cache_dir):
-  process = start_trainer(tmp_path, tone_manifest, cache_dir)
-  lines = []
-  try:
-    read_until(process, lambda line: "Workdir " in line, lines)  # validated, not yet compiled
-    process.send_signal(signal.SIGTERM)
-    rest, _ = process.communicate(timeout=120)
-  finally:
-    if process.poll() is None:
-      process.kill()
-  output = "".join(lines) + rest
-  assert process.returncode == 0, output[-3000:]
+  # "Workdir ..." is logged once the config is validated, before anything compiles.
+  status, output = terminate_when(start_trainer(tmp_path, tone_manifest, cache_dir),
+                                  lambda line: "Workdir " in line)
+  assert status == 0, output[-3000:]
   assert ("received signal 15 (SIGTERM) before the first training step: nothing was trained, "
           "nothing to save; exiting") in output, output[-3000:]
   assert "Traceback" not in output
