@@ -12,6 +12,7 @@ Anything else (a bug) keeps its full traceback.
 
 import difflib
 import os
+import re
 import sys
 from typing import Callable, List, Optional, Sequence
 
@@ -103,17 +104,16 @@ def run_absl(main: Callable[[List[str]], Optional[int]], *, known: Sequence[type
 
 
 def parse_absl_flags(argv: List[str]) -> List[str]:
-  """absl's flag parsing; a bad `--config.<key>` override becomes one line naming the key."""
+  """absl's flag parsing; a bad flag (an unknown `--config.<key>` included, see
+  `qwen_audio_jax.configs`) becomes one FlagError line naming it."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    raise FlagError(f"{_without_stack_text(str(e))} (see --helpshort)") from e
-  except (AttributeError, KeyError, TypeError, ValueError) as e:
-    message = _config_override_problem(argv, flags.FLAGS)
-    if message is None:
-      raise
-    raise FlagError(message) from e
+    message = _without_stack_text(str(e))
+    # absl prefixes `flag --config=...: `; a message naming its own flag needs no prefix.
+    named = re.match(r"flag --\S+: (--\S+: .*)", message, re.DOTALL)
+    raise FlagError(f"{named.group(1) if named else message} (see --helpshort)") from e
 
 
 def _without_stack_text(message: str) -> str:
@@ -124,43 +124,6 @@ def _without_stack_text(message: str) -> str:
   if not marker or not lines or wants_traceback():
     return message
   return f"{head.strip()} {lines[-1]}"
-
-
-def _config_override_problem(argv: Sequence[str], flag_values) -> Optional[str]:
-  """'unknown key ...' for the first --<config flag>.<path> override whose path is not in the
-  loaded config (None when every override names an existing key)."""
-  for arg in argv[1:]:
-    if not arg.startswith("--") or "." not in arg.split("=", 1)[0]:
-      continue
-    name, path = arg[2:].split("=", 1)[0].split(".", 1)
-    if name not in flag_values:
-      continue
-    config = _loaded_config(flag_values[name], argv)
-    if not hasattr(config, "keys"):
-      continue
-    problem = unknown_key_message(config, path)
-    if problem is not None:
-      return f"--{name}.{path}: {problem}"
-  return None
-
-
-def _loaded_config(flag, argv: Sequence[str]):
-  """The config of an ml_collections config flag (loaded again from its file when the failure
-  came while the flag itself was being parsed); None when it cannot be had."""
-  if hasattr(flag.value, "keys"):
-    return flag.value
-  for i, arg in enumerate(argv):
-    if arg == f"--{flag.name}" and i + 1 < len(argv):
-      value = argv[i + 1]
-    elif arg.startswith(f"--{flag.name}="):
-      value = arg.split("=", 1)[1]
-    else:
-      continue
-    try:
-      return flag.parser.parse(value)
-    except Exception:  # pylint: disable=broad-except (only a better message is at stake)
-      return None
-  return None
 
 
 def unknown_key_message(config, path: str) -> Optional[str]:

@@ -94,3 +94,12 @@ def terminate_when(process, predicate, seconds=240):
     if process.poll() is None:
       process.kill()
   return process.returncode, "".join(lines) + rest
+
+
+def multihost_config(manifest, cache):
+  """The 2-process test's run: two text buckets, so the processes must agree on each batch's
+  text length (their rows differ)."""
+  c = tone_config(manifest, cache)
+  c.data.text_buckets = (40, 64)
+  c.data.shuffle = False
+  return c
