@@ -112,7 +112,7 @@ def parse_absl_flags(argv: List[str]) -> List[str]:
   except flags.Error as e:
     message = _without_stack_text(str(e))
     # absl prefixes `flag --config=...: `; a message naming its own flag needs no prefix.
-    named = re.match(r"flag --\S+: (--\S+: .*)", message, re.DOTALL)
+    named = re.match(r"(?:flag --\S+: )?(--\S+: .*)", message, re.DOTALL)
     raise FlagError(named.group(1) if named else f"{message} (see --helpshort)") from e
 
 
