@@ -28,6 +28,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from qwen_audio_jax import configs, errors, sharding
 from qwen_audio_jax.convert import save_model_config
 from qwen_audio_jax.data import DataPipeline, global_batches, make_global_batch
+from qwen_audio_jax.evaluate.in_training import DecodingEvals
 from qwen_audio_jax.training import (checkpointing, compilation_cache, distributed, flops,
                                      initialization, startup, validation)
 from qwen_audio_jax.training.layout import abstract_batch, build_mesh, trained_parts
@@ -202,6 +203,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   train_iterator = train_pipeline.iterator()
   eval_pipeline = DataPipeline(config.eval_data) if config.eval_every else None
   task_names = train_pipeline.task_names
+  decoding_evals = DecodingEvals(config, model_config, mesh, workdir)  # config.evals
 
   # Model, optimizer and train state.
   rng_params, rng_train = jax.random.split(jax.random.key(config.seed))
@@ -246,9 +248,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
                        in_shardings=(state_shardings.params, None), out_shardings=replicated)
     eval_step = CompiledByShape("eval_step", eval_jit, mesh,
                                 lambda batch: (abstract_state.params, _abstract(batch)))
-    # With LoRA the factors are merged into their kernels for evaluation.
-    merged_params = jax.jit(lambda s: step_lib.eval_params(config, s),
-                            out_shardings=state_shardings.params)
+  # With LoRA the factors are merged into their kernels for evaluation.
+  merged_params = jax.jit(lambda s: step_lib.eval_params(config, s),
+                          out_shardings=state_shardings.params)
 
   parts = trained_parts(config, model_config)
   flops_by_shape: Dict[Tuple[int, ...], float] = {}
@@ -354,6 +356,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
         if is_main:
           logging.info("eval at step %d: %s", step, _format_eval(last_eval))
           print(f"eval step {step} | {_format_eval(last_eval)}", flush=True)
+      due = decoding_evals.due(step)
+      if due:
+        writer.write(step, flush())
+        writer.write(step, decoding_evals.run(due, step, merged_params(state)))
       if save_now:
         flush()
         checkpoints.save(step, state, train_iterator,
