@@ -15,12 +15,13 @@ the config (seed included), the worker count and the process index / count.
 """
 
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import grain
 import ml_collections
 import numpy as np
 
+from qwen_audio_jax.audio import buckets as audio_buckets
 from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.data import config as config_lib
 from qwen_audio_jax.data import batching, datasets
@@ -133,6 +134,17 @@ class DataPipeline:
                      keep_first=self.config.bad_examples_to_report)
 
   @property
+  def audio_buckets(self) -> tuple:
+    """The audio buckets in samples."""
+    return audio_buckets.bucket_samples(self.config.audio_buckets)
+
+  @property
+  def shapes(self) -> List[Tuple[int, int]]:
+    """Every (text length, audio samples) a batch can have, smallest first: the executables a
+    train step compiles (at most, one per pair that occurs)."""
+    return [(int(t), a) for t in self.config.text_buckets for a in self.audio_buckets]
+
+  @property
   def max_tokens(self) -> int:
     return int(max(self.config.text_buckets))
 
@@ -180,7 +192,7 @@ class DataPipeline:
     batch_fn = batching.BatchBuilder(
         rows_per_batch=self.rows_per_batch, buckets=c.text_buckets,
         max_clips=c.max_clips_per_row, features=c.features, n_mels=c.n_mels,
-        keep_first=c.bad_examples_to_report)
+        keep_first=c.bad_examples_to_report, audio_buckets=self.audio_buckets)
     batches = rows.batch(self.rows_per_batch, drop_remainder=False, batch_fn=batch_fn)
     if c.worker_count > 0:
       _allow_unparsed_absl_flags()
@@ -195,7 +207,7 @@ class DataPipeline:
     c = self.config
     return batching.empty_batch(self.rows_per_batch, int(min(c.text_buckets)),
                                 max_clips=c.max_clips_per_row, features=c.features,
-                                n_mels=c.n_mels)
+                                n_mels=c.n_mels, audio_samples=self.audio_buckets[0])
 
   def iterator(self) -> DataIterator:
     """A fresh iterator over this process's batches."""
