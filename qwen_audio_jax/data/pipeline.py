@@ -8,7 +8,9 @@ Per task of the mixture (all inside grain, so worker processes run everything bu
     rules) -> rejection accounting
 
 then: weighted mixture of the tasks (grain's deterministic interleave by weight; evaluation
-chains the tasks instead) -> packing or one example per row -> fixed-shape batches ->
+chains the tasks instead) -> packing or one example per row -> length grouping (optional:
+similar lengths share a batch, `length_grouping.py`) -> fixed-shape batches (padded to a text
+and an audio bucket) ->
 worker processes with prefetch. The main process sums the counts that ride along the batches
 (`DataStats`) and stops the run past the bad-data limit. The order of batches depends only on
 the config (seed included), the worker count and the process index / count.
@@ -25,6 +27,7 @@ from qwen_audio_jax.audio import buckets as audio_buckets
 from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.data import config as config_lib
 from qwen_audio_jax.data import batching, datasets
+from qwen_audio_jax.data.length_grouping import LengthGroupIterDataset
 from qwen_audio_jax.data.sources import ArrayRecordSource, JsonlSource, expand_paths
 from qwen_audio_jax.data.stats import DataStats, StatsDelta
 from qwen_audio_jax.data.transforms import ExampleBuilder, load_tokenizer
@@ -189,6 +192,10 @@ class DataPipeline:
                                       max_clips=c.max_clips_per_row, num_bins=c.pack_bins)
     else:
       rows = examples.map(datasets.single_row)
+    if c.length_group_window:
+      rows = LengthGroupIterDataset(rows, window=c.length_group_window,
+                                    rows_per_batch=self.rows_per_batch,
+                                    buckets=self.audio_buckets, seed=c.seed)
     batch_fn = batching.BatchBuilder(
         rows_per_batch=self.rows_per_batch, buckets=c.text_buckets,
         max_clips=c.max_clips_per_row, features=c.features, n_mels=c.n_mels,
