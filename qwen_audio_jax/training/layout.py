@@ -14,6 +14,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh
 
 from qwen_audio_jax import sharding
+from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.data import batch_spec
 from qwen_audio_jax.training import flops, validation
 
@@ -48,10 +49,13 @@ def batch_shardings(mesh: Mesh, spec: Dict[str, Tuple[Tuple[int, ...], Any]]):
   return {k: sharding.batch_sharding(mesh, len(shape)) for k, (shape, _) in spec.items()}
 
 
-def abstract_batch(data_config, mesh: Mesh, text_length: int):
-  """ShapeDtypeStructs of a global batch of one text bucket."""
+def abstract_batch(data_config, mesh: Mesh, text_length: int,
+                   audio_samples: int = lengths.N_SAMPLES):
+  """ShapeDtypeStructs of a global batch of one (text bucket, audio bucket) pair (default: the
+  whole 30 s window, the largest audio bucket)."""
   spec = batch_spec(data_config.batch_size, text_length, max_clips=data_config.max_clips_per_row,
-                    features=data_config.features, n_mels=data_config.n_mels)
+                    features=data_config.features, n_mels=data_config.n_mels,
+                    audio_samples=audio_samples)
   shardings = batch_shardings(mesh, spec)
   return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[k])
           for k, (shape, dtype) in spec.items()}
