@@ -38,6 +38,9 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   # Stage 1 trains the audio encoder (with its projection) and the audio bos/eos rows with the
   # LLM frozen; stage 2 trains the LLM with the encoder frozen.
   c.trainable = r"^audio_encoder/|^audio_bos_eos" if stage == "pretrain" else r"^llm/"
+  # Stage 1 may train the LLM too only when asked: the paper's stage 1 keeps it frozen, but a
+  # model without a pretrained LLM (the demo) has to learn to write as well as to listen.
+  c.train_llm_in_pretrain = False
   # Whisper's positional embedding is a fixed sinusoid (a buffer in the reference models): it is
   # stored with the parameters but never trained.
   c.frozen = r"^audio_encoder/positional_embedding$"
@@ -45,7 +48,9 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
       rank=0, alpha=16.0, target=r"^llm/.*/(query|key|value|out)/kernel$"))
   # chunk_length > 0: logits formed that many positions at a time (memory: one chunk of
   # [rows, chunk_length, vocab] float32 logits instead of the whole sequence's).
-  c.loss = ml_collections.ConfigDict(dict(z_loss_weight=0.0, chunk_length=0))
+  # output_vocab: 'full', or 'data': logits only for the tokens the training targets contain,
+  # the other head columns held at zero (exact; qwen_audio_jax/training/output_vocab.py).
+  c.loss = ml_collections.ConfigDict(dict(z_loss_weight=0.0, chunk_length=0, output_vocab="full"))
   c.nonfinite = "skip"  # 'skip' the update (counted) or 'halt' the run
   c.specaugment = ml_collections.ConfigDict(dict(
       enabled=stage == "pretrain", num_freq_masks=2, max_freq_width=27, num_time_masks=2,
