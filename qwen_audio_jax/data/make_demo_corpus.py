@@ -339,6 +339,21 @@ def build_split(split: str, sentences: Sequence[str], n_sounds: int, out_dir: st
   return rows
 
 
+COUNT_QUESTIONS = ("How many beeps are there?", "How many clicks are there?")
+COUNT_MANIFEST = "eval_count.jsonl"
+
+
+def count_rows(rows: Sequence[Dict]) -> List[Dict]:
+  """The counting questions among `rows` (held out in `eval_count.jsonl` for their own score)."""
+  return [r for r in rows if r["task"] == "aqa" and r["question"] in COUNT_QUESTIONS]
+
+
+def write_manifest(path: str, rows: Sequence[Dict]) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "demo"))
@@ -362,9 +377,9 @@ def main(argv=None):
     speaker = Speaker(workdir)
     for split, (sentences, n_sounds) in splits.items():
       rows = build_split(split, sentences, n_sounds, args.out, rng, speaker)
-      with open(os.path.join(args.out, f"{split}.jsonl"), "w", encoding="utf-8") as f:
-        for row in rows:
-          f.write(json.dumps(row, ensure_ascii=False) + "\n")
+      write_manifest(os.path.join(args.out, f"{split}.jsonl"), rows)
+      if split == "eval":
+        write_manifest(os.path.join(args.out, COUNT_MANIFEST), count_rows(rows))
       counts = {}
       for row in rows:
         counts[row["task"]] = counts.get(row["task"], 0) + 1
