@@ -2,6 +2,13 @@
 
 from setuptools import find_packages, setup
 
+EVAL_REQUIRES = [
+    "jiwer>=4.0.0",
+    "sacrebleu>=2.6.0",
+    "whisper-normalizer>=0.1.15",
+    "pycocoevalcap>=1.2",
+]
+
 setup(
     name="qwen_audio_jax",
     version="0.1.0",
@@ -33,7 +40,12 @@ setup(
         "dashscope>=2.0.2",
     ],
     extras_require={
-        "test": [
+        # Metrics of `python -m qwen_audio_jax.evaluate` and of decoding evaluations in training:
+        # WER (jiwer), BLEU (sacrebleu), the Whisper text normalisers, CIDEr / SPICE
+        # (pycocoevalcap; its PTB tokenizer and SPICE also need Java). Japanese BLEU targets
+        # need sacrebleu[ja].
+        "eval": EVAL_REQUIRES,
+        "test": EVAL_REQUIRES + [
             "pytest>=8.0",
             "pytest-xdist>=3.8.0",
             "hypothesis>=6.170.0",

@@ -4,6 +4,9 @@ Every key of a training config is created here, so `--config.<key>=value` can ov
 them; `qwen_audio_jax.training.validation` checks the whole config before anything compiles.
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
 from qwen_audio_jax.data.config import get_data_config
@@ -68,6 +71,9 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.log_every = 10
   c.eval_every = 500
   c.eval_steps = 0  # batches per evaluation; 0 = one full pass over eval_data
+  # Decoding evaluations (WER, accuracy, ... with generation), big_vision style: name ->
+  # a configs/eval.py benchmark with its `every_steps`; see qwen_audio_jax/evaluate/in_training.py.
+  c.evals = ml_collections.ConfigDict()
   c.tensorboard = True
   c.wandb = False
   c.wandb_project = "qwen_audio_jax"
@@ -96,6 +102,16 @@ def demo_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.loss.output_vocab = "data"
   c.loss.chunk_length = 32
   return c
+
+
+def benchmark(name: str) -> ml_collections.ConfigDict:
+  """configs/eval.py's benchmark `name`, for a training config's decoding evaluations:
+  `c.evals.demo = common.benchmark('demo')`."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "eval.py")
+  spec = importlib.util.spec_from_file_location("qwen_audio_jax_configs_eval", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(name)
 
 
 PRESETS = ("demo", "qwen_audio")

@@ -30,6 +30,7 @@ from ml_collections import config_flags
 from qwen_audio_jax import sharding
 from qwen_audio_jax.convert import save_model_config
 from qwen_audio_jax.data import DataPipeline, batch_spec, global_batches, make_global_batch
+from qwen_audio_jax.evaluate.in_training import DecodingEvals
 from qwen_audio_jax.training import checkpointing, distributed, flops, initialization, validation
 from qwen_audio_jax.training import metrics as metrics_lib
 from qwen_audio_jax.training import optimizer as optimizer_lib
@@ -242,6 +243,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   train_iterator = train_pipeline.iterator()
   eval_pipeline = DataPipeline(config.eval_data) if config.eval_every else None
   task_names = train_pipeline.task_names
+  decoding_evals = DecodingEvals(config, model_config, mesh, workdir)  # config.evals
 
   # Model, optimizer and train state.
   rng_params, rng_train = jax.random.split(jax.random.key(config.seed))
@@ -285,9 +287,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
                        in_shardings=(state_shardings.params, None), out_shardings=replicated)
     eval_step = CompiledByShape("eval_step", eval_jit, mesh,
                                 lambda batch: (abstract_state.params, _abstract(batch)))
-    # With LoRA the factors are merged into their kernels for evaluation.
-    merged_params = jax.jit(lambda s: step_lib.eval_params(config, s),
-                            out_shardings=state_shardings.params)
+  # With LoRA the factors are merged into their kernels for evaluation.
+  merged_params = jax.jit(lambda s: step_lib.eval_params(config, s),
+                          out_shardings=state_shardings.params)
 
   parts = trained_parts(config, model_config)
   flops_by_shape: Dict[Tuple[int, ...], float] = {}
@@ -393,6 +395,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
         if is_main:
           logging.info("eval at step %d: %s", step, _format_eval(last_eval))
           print(f"eval step {step} | {_format_eval(last_eval)}", flush=True)
+      due = decoding_evals.due(step)
+      if due:
+        writer.write(step, flush())
+        writer.write(step, decoding_evals.run(due, step, merged_params(state)))
       if save_now:
         flush()
         checkpoints.save(step, state, train_iterator,
