@@ -74,6 +74,11 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   # Decoding evaluations (WER, accuracy, ... with generation), big_vision style: name ->
   # a configs/eval.py benchmark with its `every_steps`; see qwen_audio_jax/evaluate/in_training.py.
   c.evals = ml_collections.ConfigDict()
+  # What the run prints when it ends (qwen_audio_jax/training/report.py): targets of decoding
+  # evaluations by name ('<=0.1', '>=0.9'), how many predictions to show, and (stage 2) how many
+  # held-out dialogues of eval_data to answer from the last checkpoint (0: none).
+  c.report = ml_collections.ConfigDict(dict(
+      targets=ml_collections.ConfigDict(), examples=4, chat_examples=0))
   c.tensorboard = True
   c.wandb = False
   c.wandb_project = "qwen_audio_jax"

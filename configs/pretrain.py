@@ -15,6 +15,10 @@ Presets:
 import importlib.util
 import os
 
+import ml_collections
+
+from qwen_audio_jax.data.config import DEMO_DIR
+
 
 def _load_common():
   """configs/common.py, loaded by path (config files are loaded by path, not as a package)."""
@@ -48,6 +52,18 @@ def get_config(arg: str = "demo"):
     c.specaugment.enabled = False  # too few steps for the augmented task to pay off
     c.eval_every = 200
     c.checkpoint.every_steps = 200
+    # The run ends with generation on the held-out split (new sentences, a new voice), written
+    # to TensorBoard as decode/<name>/..., and a report against these targets.
+    c.evals.demo = common.benchmark("demo")  # ASR, WER
+    c.evals.demo_event = common.benchmark("demo_event")  # sound event labels, accuracy
+    c.evals.demo_count = common.benchmark("demo_aqa")  # "How many beeps / clicks are there?"
+    c.evals.demo_count.name = "demo_count"
+    c.evals.demo_count.data.paths = os.path.join(DEMO_DIR, "eval_count.jsonl")
+    c.evals.demo.max_new_tokens = 32  # the longest held-out transcript is 10 tokens
+    for name in c.evals:
+      c.evals[name].batch_size = 16
+    c.report.targets = ml_collections.ConfigDict(
+        {"demo": "<=0.10", "demo_event": ">=0.90", "demo_count": ">=0.80"})
     return c
   # The full recipe (shared parts in common.full_scale_overrides). Values from the paper's
   # appendix table unless marked otherwise.

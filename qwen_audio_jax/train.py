@@ -33,6 +33,7 @@ from qwen_audio_jax.data import DataPipeline, batch_spec, global_batches, make_g
 from qwen_audio_jax.evaluate.in_training import DecodingEvals
 from qwen_audio_jax.training import checkpointing, distributed, flops, initialization, validation
 from qwen_audio_jax.training import metrics as metrics_lib
+from qwen_audio_jax.training import report
 from qwen_audio_jax.training import optimizer as optimizer_lib
 from qwen_audio_jax.training import step as step_lib
 
@@ -462,6 +463,8 @@ def main(argv):
   result = run(CONFIG.value, workdir)
   if result.preempted:
     logging.info("Preempted at step %d; checkpoint saved, exiting cleanly", result.step)
+  elif jax.process_index() == 0:
+    print(report.final_report(CONFIG.value, workdir, result.step)[0], flush=True)
 
 
 if __name__ == "__main__":

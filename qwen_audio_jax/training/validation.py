@@ -129,6 +129,11 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
        f"config.loss.chunk_length={config.loss.chunk_length!r}: must be an integer >= 0 "
        "(0 = the whole sequence's logits at once)")
   _check_output_vocab(config, model_config, need)
+  try:
+    from qwen_audio_jax.training import report  # pylint: disable=g-import-not-at-top
+    report.validate(config)
+  except ValueError as e:
+    problems.append(str(e))
   need(config.nonfinite in NONFINITE,
        f"config.nonfinite={config.nonfinite!r}: expected one of {NONFINITE}")
   _check_specaugment(config, problems)
