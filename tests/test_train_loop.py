@@ -66,7 +66,8 @@ def initial_params(config):
   model_config = initialization.model_config_from(config)
   mesh = train.build_mesh(config)
   rng_params, _ = jax.random.split(jax.random.key(config.seed))
-  return initialization.random_params(model_config, mesh, rng_params), mesh, model_config
+  params, _ = initialization.initial_params(config, model_config, mesh, rng_params)
+  return params, mesh, model_config
 
 
 def eval_loss(config, params, mesh, model_config):
