@@ -12,24 +12,12 @@ Presets:
     entries at the real task shards.
 """
 
-import importlib.util
 import os
 
 import ml_collections
 
+from qwen_audio_jax.configs import common
 from qwen_audio_jax.data.config import DEMO_DIR
-
-
-def _load_common():
-  """configs/common.py, loaded by path (config files are loaded by path, not as a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py")
-  spec = importlib.util.spec_from_file_location("qwen_audio_jax_configs_common", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-common = _load_common()
 
 PRESETS = common.PRESETS
 
