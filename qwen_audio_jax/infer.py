@@ -72,16 +72,19 @@ def _parser() -> argparse.ArgumentParser:
                       "only srwt, whose word times locate the overlap, may overlap)")
   parser.add_argument("--tokenizer", default=None,
                       help="vocabulary file or tokenizer directory overriding the checkpoint's")
+  parser.add_argument("--mesh", default=None, metavar="DATA,FSDP,TENSOR",
+                      help="device mesh like training's (e.g. 1,1,-1: tensor parallel over all "
+                      "devices); default one device")
   parser.add_argument("--json", action="store_true", help="print one JSON object per file")
   return parser
 
 
 def _row(args, path: str) -> Dict[str, Any]:
+  from qwen_audio_jax.text import tasks  # pylint: disable=g-import-not-at-top
   row: Dict[str, Any] = {"task": args.task, "audio": path}
-  if args.task in ("asr", "srwt", "translation"):
-    row["audio_language"] = args.language
-  elif args.task in ("emotion", "vocal_sound"):
-    row["audio_language"] = args.language
+  task = tasks.get_task(args.task)
+  if task.speech or task.default_audio_language != specials.UNKNOWN_LANGUAGE:
+    row["audio_language"] = args.language  # speech tasks, and those whose prompt names it
   if args.task == "translation":
     if not args.target_language:
       raise UsageError("--target-language is required for --task translation (e.g. de)")
@@ -97,10 +100,9 @@ def _row(args, path: str) -> Dict[str, Any]:
 
 def _prompt(args, path: str) -> str:
   from qwen_audio_jax.text import tasks  # pylint: disable=g-import-not-at-top
+  row = _row(args, path)
   try:
-    text = tasks.prompt(_row(args, path))
-  except UsageError:
-    raise
+    text = tasks.prompt(row)
   except ValueError as e:  # a field of the row: name the flag it came from
     message = str(e).replace("field 'audio_language'", "--language").replace(
         "field 'text_language'", "--target-language").replace("field 'question'", "--question")
@@ -130,6 +132,14 @@ def _check_args(args) -> None:
   if not 0 <= args.overlap_seconds < args.window_seconds / 2:
     raise UsageError(f"--overlap-seconds must be in [0, --window-seconds / 2), got "
                      f"{args.overlap_seconds}")
+  if args.mesh is not None:
+    try:
+      args.mesh = tuple(int(x) for x in args.mesh.split(","))
+    except ValueError:
+      raise UsageError(f"--mesh must be three integers DATA,FSDP,TENSOR, got {args.mesh!r}"
+                       ) from None
+    if len(args.mesh) != 3:
+      raise UsageError(f"--mesh must be three integers DATA,FSDP,TENSOR, got {args.mesh}")
   for path in args.audio:
     if not os.path.isfile(path) and "://" not in path:
       raise UsageError(f"--audio: {path} does not exist")
@@ -179,8 +189,12 @@ def run(args) -> List[Dict[str, Any]]:
                        f"(only {', '.join(WINDOWED_TASKS)} window longer recordings)")
     plans.append(longform.split(wave.shape[0], args.window_seconds, args.overlap_seconds,
                                 timestamps=args.task == "srwt"))
-  loaded = checkpoints.load_model(args.checkpoint, tokenizer_path=args.tokenizer)
-  generator = Generator.from_loaded(loaded)
+  mesh = None
+  if args.mesh is not None:
+    from qwen_audio_jax import sharding  # pylint: disable=g-import-not-at-top
+    mesh = sharding.make_mesh(args.mesh)
+  loaded = checkpoints.load_model(args.checkpoint, mesh=mesh, tokenizer_path=args.tokenizer)
+  generator = Generator.from_loaded(loaded, mesh=mesh)
   config = get_generation_config(
       args.generation, seed=args.seed, num_beams=args.num_beams,
       max_new_tokens=args.max_new_tokens or MAX_NEW_TOKENS.get(args.task,
@@ -189,6 +203,8 @@ def run(args) -> List[Dict[str, Any]]:
                       id=f"{path}@{w.offset:.2f}")
               for path, wave, windows in zip(args.audio, waves, plans) for w in windows]
   results = iter(generator.generate(requests, config))
+  print(f"{len(requests)} window(s) of {len(args.audio)} file(s) decoded; "
+        f"{generator.num_compiled} program(s) compiled", file=sys.stderr)
   return [_describe(args, path, windows, [next(results) for _ in windows])
           for path, windows in zip(args.audio, plans)]
 

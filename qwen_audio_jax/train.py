@@ -25,12 +25,12 @@ from absl import app, flags, logging
 from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from qwen_audio_jax import configs, sharding
+from qwen_audio_jax import configs, errors, sharding
 from qwen_audio_jax.convert import save_model_config
 from qwen_audio_jax.data import DataPipeline, global_batches, make_global_batch
 from qwen_audio_jax.evaluate.in_training import DecodingEvals
 from qwen_audio_jax.training import (checkpointing, compilation_cache, distributed, flops,
-                                     initialization, validation)
+                                     initialization, startup, validation)
 from qwen_audio_jax.training.layout import abstract_batch, build_mesh, trained_parts
 from qwen_audio_jax.training import metrics as metrics_lib
 from qwen_audio_jax.training import report
@@ -50,6 +50,7 @@ DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", list(distributed.MODES), "Call jax.distributed.initialize() first: "
     "'auto' does when the environment names several processes (Slurm, Open MPI, multi-host TPU "
     "VMs, JAX_COORDINATOR_ADDRESS).")
+TRACEBACK = flags.DEFINE_bool("traceback", False, errors.TRACEBACK_HELP)
 
 
 @dataclasses.dataclass
@@ -187,6 +188,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   validation.validate(config)
   model_config = initialization.model_config_from(config)
   workdir = os.fspath(workdir)
+  startup.check_workdir(workdir)
   write_resolved_config(config, model_config, workdir)
   cache_dir = compilation_cache.enable(config.compilation_cache_dir, workdir)
   is_main = jax.process_index() == 0
@@ -297,8 +299,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       steps.append(flat)
       if flat.get("nonfinite", 0.0) > 0 and config.nonfinite == "halt":
         checkpoints.wait_until_finished()
-        raise FloatingPointError(
-            f"non-finite loss or gradients at step {s} (config.nonfinite='halt'); the state "
+        raise errors.NonFiniteError(
+            f"non-finite {_nonfinite_what(flat)} at step {s} (config.nonfinite='halt'); the state "
             f"after it was not checkpointed (latest checkpoint: step "
             f"{checkpoints.latest_step()})")
     elapsed = time.time() - window_start - (train_step.compile_seconds - window_compile)
@@ -383,6 +385,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
                    resumed_from=resumed_from)
 
 
+def _nonfinite_what(flat: Dict[str, float]) -> str:
+  return "update" if flat.get("nonfinite_update", 0.0) > 0 else "loss or gradients"
+
+
 def _abstract(batch):
   return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=getattr(v, "sharding", None))
           for k, v in batch.items()}
@@ -414,12 +420,17 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config=configs/pretrain.py:demo")
-  joined = distributed.initialize(DISTRIBUTED.value)
-  if joined:
-    logging.info("jax.distributed initialised (%s): process %d of %d", joined,
-                 jax.process_index(), jax.process_count())
   workdir = WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
-  result = run(CONFIG.value, workdir)
+  try:
+    with startup.sigterm_ends_startup():
+      joined = distributed.initialize(DISTRIBUTED.value)
+      if joined:
+        logging.info("jax.distributed initialised (%s): process %d of %d", joined,
+                     jax.process_index(), jax.process_count())
+      result = run(CONFIG.value, workdir)
+  except errors.StartupInterrupted as e:
+    startup.report_interrupted(e)
+    return
   if result.preempted:
     logging.info("Preempted at step %d; checkpoint saved, exiting cleanly", result.step)
   elif jax.process_index() == 0:
@@ -427,4 +438,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run_absl(main)

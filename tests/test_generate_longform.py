@@ -12,8 +12,8 @@ SR = lengths.SAMPLE_RATE
 
 
 def _recording_words(seconds, seed=0):
-  """Words of 0.2-0.6 s separated by 0.05-0.4 s pauses, including some that straddle the 30 s
-  and 60 s marks (so that windows cut them)."""
+  """Words of 0.2-0.6 s separated by 0.05-0.4 s pauses, some straddling the windows' edges
+  (30, 55, 60 s) and the middles of their overlaps (27.5, 52.5 s)."""
   rng = np.random.default_rng(seed)
   words, t, i = [], 0.13, 0
   while t < seconds - 1:

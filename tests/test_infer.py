@@ -105,6 +105,8 @@ def test_errors_name_the_flag_or_file(checkpoint, audio_files, tmp_path, capsys)
         2, "--overlap-seconds needs --task srwt")
   fails(["--checkpoint", checkpoint, "--audio", audio_files["long"], "--task", "scene"], 2,
         "takes clips of at most 30 s")
+  fails(["--checkpoint", checkpoint, "--audio", audio_files["short"], "--mesh", "1,2"], 2,
+        "--mesh must be three integers")
   assert infer.main(["--checkpoint", str(tmp_path), "--audio", audio_files["short"]]) == 1
   assert "not a checkpoint" in capsys.readouterr().err
   bad = tmp_path / "bad.wav"

@@ -88,7 +88,9 @@ def test_float_fields_accept_integers_and_types_are_checked():
 
 def test_bad_override_values_and_names_are_named():
   with pytest.raises(flags.IllegalFlagValueError,
-                     match=r"--config\.model\.overrides\.llm\.depht: .* has no key"):
+                     match=r"--config\.model\.overrides\.llm\.depht: unknown key "
+                     r"'model\.overrides\.llm\.depht' \(did you mean "
+                     r"'model\.overrides\.llm\.depth'\?\)"):
     parse(f"{REPO}/configs/pretrain.py:demo", "--config.model.overrides.llm.depht=4")
   config = parse(f"{REPO}/configs/sft.py:demo", "--config.model.overrides.attention_impl=cuda")
   with pytest.raises(ValueError, match=r"config\.model\.overrides: .*attention_impl 'cuda'"):

@@ -20,6 +20,8 @@ from ml_collections import config_flags
 from ml_collections.config_flags import config_path
 from ml_collections.config_flags import config_flags as config_flags_lib
 
+from qwen_audio_jax import errors
+
 DIRECTORY = os.path.dirname(os.path.abspath(__file__))
 _NOT_CONFIGS = ("__init__", "common")
 
@@ -53,13 +55,15 @@ class _Parser(config_flags_lib.ConfigFileFlagParser):
 
 
 def _unknown_override(flag, argument: str) -> Optional[str]:
-  """The first `--NAME.key` override of the command line that names no key of the config."""
+  """`--NAME.key: unknown key 'key' (did you mean ...?)` for the first override of the command
+  line that names no key of the config (None when every override does)."""
   config = flag.parser.parse(argument)
   for override in flag._GetOverrides(flag._GetArgv()):  # pylint: disable=protected-access
     try:
       config_path.get_type(override, config)
     except (AttributeError, KeyError, IndexError):
-      return override
+      problem = errors.unknown_key_message(config, override) or f"no key {override!r}"
+      return f"--{flag.name}.{override}: {problem}"
   return None
 
 
@@ -71,11 +75,10 @@ def _naming_unknown_keys(flag):
     try:
       return parse(argument)
     except (AttributeError, KeyError) as e:
-      bad = _unknown_override(flag, argument)
-      if bad is None:
+      problem = _unknown_override(flag, argument)
+      if problem is None:
         raise
-      raise flags.IllegalFlagValueError(
-          f"--{flag.name}.{bad}: the config {argument} has no key {bad!r} ({e})") from e
+      raise flags.IllegalFlagValueError(problem) from e
 
   flag._parse = checked  # pylint: disable=protected-access
 

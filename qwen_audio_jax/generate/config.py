@@ -10,9 +10,10 @@ Presets (`get_generation_config(name)`):
                     top_k 0, max_new_tokens 512, max_window_size 6144 (chat history), stop at
                     `<|endoftext|>`, `<|im_end|>` and `<|im_start|>` (the chat's stop words)
 
-The two release presets transcribe the generation configs published with the Qwen/Qwen-Audio
-and Qwen/Qwen-Audio-Chat checkpoints on the Hugging Face hub (and the chat stop words of
-`qwen_generation_utils.get_stop_words_ids` in the official repository).
+The two release presets follow the generation configs of the official Qwen-Audio release
+(`base_generation_config.json`, `chat_generation_config.json`) and the chat stop words of its
+`qwen_generation_utils.py`, as documented for that release; the files themselves were not
+available to check against here (unverified).
 """
 
 import dataclasses

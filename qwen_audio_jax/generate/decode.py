@@ -54,8 +54,19 @@ def prefill(model: QwenAudio, params, batch: Dict[str, jax.Array], cache_length:
       segment_ids=batch["segment_ids"], decode=True, return_hidden=True, mutable=["cache"],
       **audio)
   head = output_head(params["llm"], model.config)
-  logits = project_to_vocab(hidden[:, -1:], head)[:, 0]
+  last = at_least_two_rows(hidden[:, -1:])  # one row would take another matmul kernel
+  logits = project_to_vocab(last, head)[:ids.shape[0], 0]
   return logits, state["cache"]
+
+
+def at_least_two_rows(x):
+  """`x` with its first row repeated when it has one row.
+
+  XLA:CPU multiplies a single row by a matrix with a matrix-vector kernel whose sums round
+  differently from its matrix-matrix kernel (measured: ~3e-7 on the logits). Running a lone row
+  as two keeps its numbers equal to the same row's in a batch.
+  """
+  return jnp.concatenate([x, x], axis=0) if x.shape[0] == 1 else x
 
 
 def step(model: QwenAudio, params, cache, tokens, positions):
@@ -77,9 +88,19 @@ def seen_tokens(ids, segment_ids, vocab_size: int):
 def decode_loop(model: QwenAudio, params, batch, spec: LoopSpec,
                 on_tokens: Optional[Callable] = None):
   """Generated ids [B, max_new_bucket] (pad after a row's end), lengths [B] (stop token
-  included), and whether each row stopped on a stop token [B]."""
+  included), whether each row stopped on a stop token [B], and each generated token's
+  log-probability under the distribution it was chosen from [B, max_new_bucket]."""
   first_logits, cache = prefill(model, params, batch,
                                 batch["input_ids"].shape[1] + spec.max_new_bucket)
+  rows = first_logits.shape[0]
+  if rows == 1:  # decode a lone row as two (see `at_least_two_rows`)
+    from qwen_audio_jax.generate.beam import map_cache_rows  # pylint: disable=g-import-not-at-top
+    cache = map_cache_rows(cache, lambda x, axis: jnp.repeat(x, 2, axis=axis),
+                           model.config.scan_layers)
+    first_logits = at_least_two_rows(first_logits)
+    batch = {k: (at_least_two_rows(v) if v.ndim and v.shape[0] == 1 else v)
+             for k, v in batch.items()}
+    batch["row_valid"] = batch["row_valid"].at[1].set(False)
   batch_size = first_logits.shape[0]
   vocab = first_logits.shape[-1]
   max_new = batch["max_new_tokens"]
@@ -93,16 +114,20 @@ def decode_loop(model: QwenAudio, params, batch, spec: LoopSpec,
         temperature=batch["temperature"] if spec.use_temperature else 1.0, top_k=spec.top_k,
         top_p=batch["top_p"] if spec.use_top_p else 1.0, sample=spec.sample,
         vocab_limit=spec.vocab_limit)
-    return logits_lib.choose(processed, batch["keys"], t, sample=spec.sample)
+    token = logits_lib.choose(processed, batch["keys"], t, sample=spec.sample)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(processed, axis=-1), token[:, None], axis=1)
+    return token, logp[:, 0]
 
   def cond(carry):
-    t, _, _, _, done, _, _ = carry
+    t, _, _, _, _, done, _, _ = carry
     return (t < max_new) & ~jnp.all(done)
 
   def body(carry):
-    t, logits, cache, out, done, lengths, seen = carry
-    token = jnp.where(done, spec.pad_id, pick(logits, seen, t))
+    t, logits, cache, out, out_logp, done, lengths, seen = carry
+    token, logp = pick(logits, seen, t)
+    token = jnp.where(done, spec.pad_id, token)
     out = out.at[:, t].set(token)
+    out_logp = out_logp.at[:, t].set(jnp.where(done, 0.0, logp))
     lengths = lengths + (~done).astype(jnp.int32)
     if spec.stream and on_tokens is not None:
       io_callback(on_tokens, None, t, token, done, ordered=True)
@@ -113,15 +138,16 @@ def decode_loop(model: QwenAudio, params, batch, spec: LoopSpec,
     logits, cache = jax.lax.cond(
         more, lambda c: step(model, params, c, token, batch["prompt_lengths"] + t),
         lambda c: (logits, c), cache)
-    return t + 1, logits, cache, out, done, lengths, seen
+    return t + 1, logits, cache, out, out_logp, done, lengths, seen
 
   out = jnp.full((batch_size, spec.max_new_bucket), spec.pad_id, jnp.int32)
-  carry = (jnp.zeros((), jnp.int32), first_logits, cache, out,
+  out_logp = jnp.zeros((batch_size, spec.max_new_bucket), jnp.float32)
+  carry = (jnp.zeros((), jnp.int32), first_logits, cache, out, out_logp,
            ~batch["row_valid"], jnp.zeros((batch_size,), jnp.int32), seen)
-  _, _, _, out, _, lengths, _ = jax.lax.while_loop(cond, body, carry)
+  _, _, _, out, out_logp, _, lengths, _ = jax.lax.while_loop(cond, body, carry)
   last = jnp.take_along_axis(out, jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
   stopped = (lengths > 0) & jnp.any(last[:, None] == stop_ids[None, :], axis=-1)
-  return out, lengths, stopped
+  return out[:rows], lengths[:rows], stopped[:rows], out_logp[:rows]
 
 
 def encoder_mel_frames(num_samples: int, cut_to_clip: bool) -> int:

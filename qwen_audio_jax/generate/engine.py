@@ -222,9 +222,11 @@ class Generator:
       base = jax.random.PRNGKey(batch.pop("base_seed"))
       batch["keys"] = jax.vmap(lambda s: jax.random.fold_in(base, s))(batch.pop("seeds"))
       if beams > 1:
-        return beam_lib.beam_search(model, params, batch, spec, beams)
-      out, lengths_, stopped = decode.decode_loop(model, params, batch, spec, self._on_tokens)
-      return out, lengths_, stopped, jnp.zeros(out.shape[:1], jnp.float32)
+        out, lengths_, stopped, scores = beam_lib.beam_search(model, params, batch, spec, beams)
+        return out, lengths_, stopped, scores, jnp.zeros(out.shape, jnp.float32)
+      out, lengths_, stopped, logp = decode.decode_loop(model, params, batch, spec,
+                                                        self._on_tokens)
+      return out, lengths_, stopped, jnp.zeros(out.shape[:1], jnp.float32), logp
 
     abstract = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in batch.items()}
     started = time.perf_counter()
@@ -263,19 +265,22 @@ class Generator:
             on_token(i, int(tokens[b]))
       self._stream = forward
     try:
-      out, lengths_, stopped, scores = jax.device_get(program(self.params, batch))
+      out, lengths_, stopped, scores, logp = jax.device_get(program(self.params, batch))
     finally:
       self._stream = None
     results = []
     for b, row in enumerate(rows):
       n = int(lengths_[b])
       tokens = np.asarray(out[b, :n], np.int32)
+      logprobs = None if config.num_beams > 1 else np.asarray(logp[b, :n], np.float32)
       stop_token = None
       if stopped[b]:
         stop_token, tokens = int(tokens[-1]), tokens[:-1]
+        logprobs = None if logprobs is None else logprobs[:-1]
       text = self.tokenizer.decode(tokens) if self.tokenizer is not None else ""
       results.append(Result(
           tokens=tokens, text=text, finish_reason="stop" if stopped[b] else "length",
           stop_token=stop_token, prompt_tokens=len(row.ids),
-          score=float(scores[b]) if config.num_beams > 1 else None, id=row.id))
+          score=float(scores[b]) if config.num_beams > 1 else None, logprobs=logprobs,
+          id=row.id))
     return results

@@ -52,6 +52,8 @@ class Result:
   prompt_tokens: length of the prompt in tokens (audio spans included).
   score: beam search only: the winning hypothesis' sum of log-probabilities divided by
     (its length ** length_penalty).
+  logprobs: greedy and sampling: each token's log-probability under the distribution it was
+    chosen from (after penalty, temperature, top-k / top-p), aligned with `tokens`.
   """
   tokens: np.ndarray
   text: str
@@ -59,6 +61,7 @@ class Result:
   stop_token: Optional[int]
   prompt_tokens: int
   score: Optional[float] = None
+  logprobs: Optional[np.ndarray] = None
   id: Optional[str] = None
 
 

@@ -15,9 +15,9 @@ import json
 import sys
 from typing import List
 
-from absl import app, flags
+from absl import flags
 
-from qwen_audio_jax import configs
+from qwen_audio_jax import configs, errors
 from qwen_audio_jax.plan import gpu_estimate, hardware, planner, search
 from qwen_audio_jax.plan.report import format_estimate, format_plan
 
@@ -53,11 +53,11 @@ def _write_json(records: List[dict]) -> None:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise errors.FlagError(f"unexpected arguments: {argv[1:]}")
   if CONFIG.value is None:
-    raise app.UsageError("--config is required, e.g. --config=configs/pretrain.py:qwen_audio")
+    raise errors.FlagError("--config is required, e.g. --config=configs/pretrain.py:qwen_audio")
   if (TOPOLOGY.value is None) == (GPUS.value is None):
-    raise app.UsageError("pass exactly one of --topology (a TPU slice such as v5p-64, or "
+    raise errors.FlagError("pass exactly one of --topology (a TPU slice such as v5p-64, or "
                          "'local') and --gpus (such as h100x64)")
   config = CONFIG.value
   if GPUS.value:
@@ -85,4 +85,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run_absl(main)

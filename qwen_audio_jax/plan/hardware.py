@@ -21,6 +21,8 @@ import math
 import re
 from typing import Dict, Tuple
 
+from qwen_audio_jax.errors import FlagError
+
 GiB = 2**30
 
 
@@ -99,14 +101,14 @@ def parse_tpu(name: str) -> TpuSlice:
     gen = ALIASES.get(match.group(1), match.group(1))
     generation = TPU_GENERATIONS.get(gen)
   if generation is None:
-    raise ValueError(
+    raise FlagError(
         f"--topology={name!r}: unknown TPU slice; expected <generation>-<count> with a "
         f"generation of {sorted(TPU_GENERATIONS)} (aliases {sorted(ALIASES)}), e.g. v4-32, "
         f"v5e-16, v5p-64, v6e-8")
   count = int(match.group(2))
   if generation.count_is_cores:
     if count % 2:
-      raise ValueError(f"--topology={name!r}: {generation.name} slice names count TensorCores "
+      raise FlagError(f"--topology={name!r}: {generation.name} slice names count TensorCores "
                        f"(2 per chip), so the count must be even")
     chips = count // 2
   else:
@@ -114,7 +116,7 @@ def parse_tpu(name: str) -> TpuSlice:
   try:
     shape = _torus_shape(chips, generation.dims)
   except ValueError as e:
-    raise ValueError(f"--topology={name!r}: {e}") from e
+    raise FlagError(f"--topology={name!r}: {e}") from e
   return TpuSlice(f"{generation.name}-{count}", generation, chips, shape)
 
 
@@ -137,6 +139,6 @@ def parse_gpu(name: str) -> Tuple[Gpu, int]:
   """'h100x64' / 'h100-64' / 'h100:64' -> (H100, 64)."""
   match = re.fullmatch(r"([a-z0-9-]+?)[x:\-*](\d+)", name.strip().lower())
   if not match or match.group(1) not in GPUS:
-    raise ValueError(f"--gpus={name!r}: expected <gpu>x<count> with a gpu of {sorted(GPUS)}, "
+    raise FlagError(f"--gpus={name!r}: expected <gpu>x<count> with a gpu of {sorted(GPUS)}, "
                      f"e.g. h100x64")
   return GPUS[match.group(1)], int(match.group(2))

@@ -26,14 +26,14 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
-from qwen_audio_jax import sharding
+from qwen_audio_jax import errors, sharding
 from qwen_audio_jax.plan import hardware
 from qwen_audio_jax.training import flops, initialization, layout, validation
 from qwen_audio_jax.training import optimizer as optimizer_lib
 from qwen_audio_jax.training import step as step_lib
 
 
-class PlannerError(RuntimeError):
+class PlannerError(errors.UserError, RuntimeError):
   """A plan cannot be made (libtpu missing, a config that does not fit the topology ...)."""
 
 

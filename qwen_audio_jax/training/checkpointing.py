@@ -9,8 +9,10 @@ Layout of one step (<workdir>/checkpoints/<step>/):
 Orbax writes each step into a temporary directory and renames it only once every item is
 complete (on object stores, a commit marker instead); the manager never lists unfinished steps,
 so a run killed mid-save resumes from the previous complete one, and leftover temporaries are
-removed at start-up. Kept: the latest `keep` steps, plus the best one by an eval metric when
-`keep_best_metric` is set.
+removed at start-up. Before every save the state is checked on the device (`finite.py`): a
+state holding a NaN or an infinity is never written (CheckpointError naming the arrays).
+Kept: the latest `keep` steps, plus the best one by an eval metric when `keep_best_metric` is
+set.
 
 Preemption: SIGTERM sets a flag (`PreemptionWatch`); the loop saves at the next step boundary
 and exits cleanly. On multi-host runs JAX's preemption sync point (Orbax's `reached_preemption`)
@@ -30,6 +32,9 @@ from absl import logging
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
+
+from qwen_audio_jax.errors import CheckpointError
+from qwen_audio_jax.training import finite
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_ITEM = "state"
@@ -117,14 +122,24 @@ class Checkpoints:
 
   def save(self, step: int, state, data_iterator, *,
            metrics: Optional[Dict[str, float]] = None) -> bool:
-    """Starts saving (asynchronously when configured); False if `step` is already saved."""
+    """Starts saving (asynchronously when configured); False if `step` is already saved.
+
+    Raises CheckpointError, writing nothing, when the state holds a non-finite array.
+    """
     if step in self.manager.all_steps():
       return False
+    savable = to_savable(state)
+    bad = finite.nonfinite_paths(savable)
+    if bad:
+      raise CheckpointError(
+          f"step {step}: the train state holds NaN or infinite values (first: {', '.join(bad)})"
+          f"; not saved, so that a resume never starts from it (latest checkpoint: step "
+          f"{self.latest_step()})")
     if self.keep_best_metric and metrics is not None and self.keep_best_metric not in metrics:
       metrics = None
     saved = self.manager.save(
         step, args=ocp.args.Composite(**{
-            STATE_ITEM: ocp.args.StandardSave(to_savable(state)),
+            STATE_ITEM: ocp.args.StandardSave(savable),
             DATA_ITEM: grain.checkpoint.CheckpointSave(data_iterator)}),
         metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
         force=True)

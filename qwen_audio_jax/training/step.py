@@ -15,10 +15,13 @@ One train step:
             means (wrong when micro-batches hold different numbers of target tokens) and costs
             one dispatch per micro-batch;
   update    optax (clipping, schedule, weight decay) on the trainable subtree;
-  guard     a NaN / Inf loss or gradient norm skips the update: parameters and optimizer state
-            stay as they were, `nonfinite` = 1 in the metrics (the loop halts or counts it, per
-            `config.nonfinite`). The step counter still advances, so the data stream and the
-            step numbers stay aligned; the optimizer's own count (and so its schedule) does not.
+  guard     a NaN / Inf loss or gradient norm, or an update that leaves a NaN / Inf in the
+            trained parameters or the optimizer state (one reduction per array, `finite.py`),
+            skips the update: parameters and optimizer state stay as they were, `nonfinite` = 1
+            in the metrics (`nonfinite_update` = 1 when only the update was at fault; the loop
+            halts or counts it, per `config.nonfinite`). The step counter still advances, so
+            the data stream and the step numbers stay aligned; the optimizer's own count (and
+            so its schedule) does not.
 """
 
 import dataclasses
@@ -34,6 +37,7 @@ from qwen_audio_jax.audio import lengths, mel as mel_lib
 from qwen_audio_jax.audio.specaugment import SpecAugmentConfig, spec_augment
 from qwen_audio_jax.model.llm import output_head
 from qwen_audio_jax.model.qwen_audio import QwenAudio
+from qwen_audio_jax.training import finite as finite_lib
 from qwen_audio_jax.training import lora as lora_lib
 from qwen_audio_jax.training import loss as loss_lib
 from qwen_audio_jax.training import optimizer as optimizer_lib
@@ -221,8 +225,10 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(z_loss)
     updates, new_opt_state = optimizer.tx.update(grads, state.opt_state, trained)
     new_trained = optax.apply_updates(trained, updates)
-    new_trained = _where(finite, new_trained, trained)
-    new_opt_state = _where(finite, new_opt_state, state.opt_state)
+    update_finite = finite_lib.all_finite((new_trained, new_opt_state))
+    applied = finite & update_finite
+    new_trained = _where(applied, new_trained, trained)
+    new_opt_state = _where(applied, new_opt_state, state.opt_state)
     if use_lora:
       params, factors = state.params, new_trained
     else:
@@ -239,7 +245,8 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
         "target_tokens": sums["target_tokens"],
         "tokens": jnp.sum((batch["segment_ids"] != 0).astype(jnp.float32)),
         "audio_seconds": jnp.sum(batch["audio_lengths"]).astype(jnp.float32) / lengths.SAMPLE_RATE,
-        "nonfinite": 1.0 - finite.astype(jnp.float32),
+        "nonfinite": 1.0 - applied.astype(jnp.float32),
+        "nonfinite_update": (finite & ~update_finite).astype(jnp.float32),
         "task_loss": sums["task_loss_sum"] / task_tokens,
         "task_accuracy": sums["task_correct"] / task_tokens,
         "task_target_tokens": sums["task_target_tokens"],

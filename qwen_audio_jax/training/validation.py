@@ -6,6 +6,7 @@ expected, e.g. "config.mesh.fsdp=3: the mesh needs 6 devices, 8 are available".
 
 import dataclasses
 import importlib.util
+import math
 import re
 from typing import List, Optional
 
@@ -15,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from qwen_audio_jax.audio.specaugment import SpecAugmentConfig
+from qwen_audio_jax.errors import ConfigError  # pylint: disable=unused-import (re-exported)
 from qwen_audio_jax.data import config as data_config_lib
 from qwen_audio_jax.data.sources import expand_paths
 from qwen_audio_jax.model import params as params_lib
@@ -26,16 +28,17 @@ SCHEDULES = ("warmup_cosine", "warmup_linear", "constant")
 NONFINITE = ("skip", "halt")
 MESH_ICI = ("data", "fsdp", "tensor")
 MESH_DCN = ("dcn_data", "dcn_fsdp")
+# Larger learning rates move every weight by more than its own scale in one step (no optimizer
+# here normalises them away): a typo, refused before anything runs.
+MAX_LEARNING_RATE = 1.0
 # The data config of each stage (stage 2 trains on dialogues).
 DATA_STAGE = {"pretrain": "pretrain", "sft": "chat"}
 
 
-class ConfigError(ValueError):
-  """A training config that cannot work; the message lists every problem found."""
-
-  def __init__(self, problems: List[str]):
-    self.problems = list(problems)
-    super().__init__("invalid training config:\n  " + "\n  ".join(self.problems))
+def _finite(value) -> bool:
+  """A real number (not a bool), neither NaN nor infinite."""
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
 
 
 def param_paths(model_config) -> List[str]:
@@ -98,7 +101,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
   need(o.name in OPTIMIZERS, f"config.optim.name={o.name!r}: expected one of {OPTIMIZERS}")
   need(o.schedule in SCHEDULES,
        f"config.optim.schedule={o.schedule!r}: expected one of {SCHEDULES}")
-  need(o.learning_rate > 0, f"config.optim.learning_rate={o.learning_rate}: must be > 0")
+  need(_finite(o.learning_rate) and 0 < o.learning_rate <= MAX_LEARNING_RATE,
+       f"config.optim.learning_rate={o.learning_rate}: must be a finite number in (0, "
+       f"{MAX_LEARNING_RATE:g}]")
   need(0 <= o.warmup_steps <= config.total_steps,
        f"config.optim.warmup_steps={o.warmup_steps}: must be in [0, config.total_steps="
        f"{config.total_steps}]")
@@ -106,10 +111,17 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
        f"config.optim.end_learning_rate_ratio={o.end_learning_rate_ratio}: must be in [0, 1]")
   for key in ("b1", "b2"):
     need(0.0 <= o[key] < 1.0, f"config.optim.{key}={o[key]}: must be in [0, 1)")
-  need(o.eps > 0, f"config.optim.eps={o.eps}: must be > 0")
-  need(o.weight_decay >= 0, f"config.optim.weight_decay={o.weight_decay}: must be >= 0")
-  need(o.grad_clip_norm >= 0,
-       f"config.optim.grad_clip_norm={o.grad_clip_norm}: must be >= 0 (0 = no clipping)")
+  need(_finite(o.eps) and 0 < o.eps <= 1, f"config.optim.eps={o.eps}: must be a finite number "
+       "in (0, 1]")
+  need(_finite(o.weight_decay) and o.weight_decay >= 0,
+       f"config.optim.weight_decay={o.weight_decay}: must be a finite number >= 0")
+  need(not (_finite(o.weight_decay) and _finite(o.learning_rate))
+       or o.weight_decay * o.learning_rate < 1,
+       f"config.optim.weight_decay={o.weight_decay}: times config.optim.learning_rate="
+       f"{o.learning_rate} must be < 1 (a step would remove all of every weight)")
+  need(_finite(o.grad_clip_norm) and o.grad_clip_norm >= 0,
+       f"config.optim.grad_clip_norm={o.grad_clip_norm}: must be a finite number >= 0 (0 = no "
+       "clipping)")
   need(o.grad_accum_steps >= 1,
        f"config.optim.grad_accum_steps={o.grad_accum_steps}: must be >= 1")
   regexes_ok = True
@@ -122,13 +134,14 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
       problems.append(f"config.{key}={pattern!r}: not a valid regular expression ({e})")
       regexes_ok = False
   need(config.lora.rank >= 0, f"config.lora.rank={config.lora.rank}: must be >= 0 (0 = off)")
-  need(config.lora.alpha > 0, f"config.lora.alpha={config.lora.alpha}: must be > 0")
+  need(_finite(config.lora.alpha) and config.lora.alpha > 0,
+       f"config.lora.alpha={config.lora.alpha}: must be a finite number > 0")
 
   if model_config is not None and regexes_ok:
     _check_stage(config, model_config, need)
 
-  need(config.loss.z_loss_weight >= 0,
-       f"config.loss.z_loss_weight={config.loss.z_loss_weight}: must be >= 0")
+  need(_finite(config.loss.z_loss_weight) and config.loss.z_loss_weight >= 0,
+       f"config.loss.z_loss_weight={config.loss.z_loss_weight}: must be a finite number >= 0")
   need(isinstance(config.loss.chunk_length, int) and config.loss.chunk_length >= 0,
        f"config.loss.chunk_length={config.loss.chunk_length!r}: must be an integer >= 0 "
        "(0 = the whole sequence's logits at once)")
