@@ -62,6 +62,8 @@ setup(
         # Ships qwen.tiktoken, the Qwen BPE vocabulary, used when no checkpoint directory
         # provides one (the demo, tests).
         "dashscope>=2.0.2",
+        # WER of the demo's held-out report (and of every ASR evaluation).
+        "jiwer>=4.0.0",
     ],
     extras_require={
         # Metrics of `python -m qwen_audio_jax.evaluate` and of decoding evaluations in training:

@@ -35,6 +35,7 @@ from qwen_audio_jax.training import (checkpointing, compilation_cache, distribut
                                      initialization, startup, validation)
 from qwen_audio_jax.training.layout import abstract_batch, build_mesh, trained_parts
 from qwen_audio_jax.training import metrics as metrics_lib
+from qwen_audio_jax.training import report
 from qwen_audio_jax.training import optimizer as optimizer_lib
 from qwen_audio_jax.training import step as step_lib
 
@@ -439,6 +440,8 @@ def main(argv):
     return
   if result.preempted:
     logging.info("Preempted at step %d; checkpoint saved, exiting cleanly", result.step)
+  elif jax.process_index() == 0:
+    print(report.final_report(CONFIG.value, workdir, result.step)[0], flush=True)
 
 
 if __name__ == "__main__":

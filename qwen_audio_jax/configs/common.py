@@ -43,6 +43,9 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   # Stage 1 trains the audio encoder (with its projection) and the audio bos/eos rows with the
   # LLM frozen; stage 2 trains the LLM with the encoder frozen.
   c.trainable = r"^audio_encoder/|^audio_bos_eos" if stage == "pretrain" else r"^llm/"
+  # Stage 1 may train the LLM too only when asked: the paper's stage 1 keeps it frozen, but a
+  # model without a pretrained LLM (the demo) has to learn to write as well as to listen.
+  c.train_llm_in_pretrain = False
   # Whisper's positional embedding is a fixed sinusoid (a buffer in the reference models): it is
   # stored with the parameters but never trained.
   c.frozen = r"^audio_encoder/positional_embedding$"
@@ -51,7 +54,10 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   # chunk_length > 0: logits of the target positions only, that many per row at a time
   # (memory: one chunk of [rows, chunk_length, vocab] float32 logits; chunks without targets
   # are skipped). 0: logits of every position at once.
-  c.loss = ml_collections.ConfigDict(dict(z_loss_weight=0.0, chunk_length=128))
+  # output_vocab: 'full', or 'data': logits only for the tokens the training targets contain,
+  # the other head columns held at zero (exact; qwen_audio_jax/training/output_vocab.py).
+  c.loss = ml_collections.ConfigDict(dict(z_loss_weight=0.0, chunk_length=128,
+                                          output_vocab="full"))
   c.nonfinite = "skip"  # 'skip' the update (counted) or 'halt' the run
   c.specaugment = ml_collections.ConfigDict(dict(
       enabled=stage == "pretrain", num_freq_masks=2, max_freq_width=27, num_time_masks=2,
@@ -72,6 +78,11 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   # Decoding evaluations (WER, accuracy, ... with generation), big_vision style: name ->
   # a configs/eval.py benchmark with its `every_steps`; see qwen_audio_jax/evaluate/in_training.py.
   c.evals = ml_collections.ConfigDict()
+  # What the run prints when it ends (qwen_audio_jax/training/report.py): targets of decoding
+  # evaluations by name ('<=0.1', '>=0.9'), how many predictions to show, and (stage 2) how many
+  # held-out dialogues of eval_data to answer from the last checkpoint (0: none).
+  c.report = ml_collections.ConfigDict(dict(
+      targets=ml_collections.ConfigDict(), examples=4, chat_examples=0))
   c.tensorboard = True
   c.wandb = False
   c.wandb_project = "qwen_audio_jax"
@@ -98,6 +109,10 @@ def demo_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.total_steps = 100
   c.optim.warmup_steps = 10
   c.optim.weight_decay = 0.0
+  # The demo corpus's targets use ~650 of the 155,947 tokens: project onto those only (exact,
+  # see qwen_audio_jax/training/output_vocab.py), the targets of a row at a time.
+  c.loss.output_vocab = "data"
+  c.loss.chunk_length = 32
   return c
 
 

@@ -24,7 +24,14 @@ def get_config(arg: str = "demo"):
   c = common.base_config("sft")
   if arg == "demo":
     common.demo_overrides(c)
+    c.data.batch_size = 8
+    c.data.text_buckets = c.eval_data.text_buckets = (256,)  # every demo dialogue fits
+    c.total_steps = 200
     c.optim.learning_rate = 1e-3
+    c.eval_every = c.checkpoint.every_steps = 100
+    # The run ends with the last checkpoint's answers to held-out dialogues ("What does the
+    # speaker say?" about the held-out voice, "Describe the sound.").
+    c.report.chat_examples = 24
     return c
   common.full_scale_overrides(c)  # shared by both stages; values from the paper unless marked
   c.total_steps = 8_000  # paper: training steps

@@ -41,6 +41,7 @@ from qwen_audio_jax.training import finite as finite_lib
 from qwen_audio_jax.training import lora as lora_lib
 from qwen_audio_jax.training import loss as loss_lib
 from qwen_audio_jax.training import optimizer as optimizer_lib
+from qwen_audio_jax.training import output_vocab as output_vocab_lib
 
 
 @flax.struct.dataclass
@@ -138,8 +139,12 @@ def padding_fractions(batch) -> Dict[str, jax.Array]:
   return out
 
 
-def _loss_sums(model, params, batch, mel, *, train: bool, num_tasks: int, chunk_length: int):
-  """Forward pass and loss sums; with `chunk_length` > 0 the full logits are never formed."""
+def _loss_sums(model, params, batch, mel, *, train: bool, num_tasks: int, chunk_length: int,
+               vocab=None):
+  """Forward pass and loss sums; with `chunk_length` > 0 the full logits are never formed; with
+  `vocab` (training.output_vocab) the logits are those of its kept tokens only."""
+  if vocab is not None and chunk_length <= 0:
+    chunk_length = batch["input_ids"].shape[1]  # one chunk: the kept logits are small
   audio = {}
   if mel is not None:
     audio = dict(audio_mel=mel, audio_lengths=batch["audio_lengths"],
@@ -149,7 +154,9 @@ def _loss_sums(model, params, batch, mel, *, train: bool, num_tasks: int, chunk_
                     return_hidden=chunk_length > 0, **audio)
   if chunk_length > 0:
     head = output_head(params["llm"], model.config)
-    return loss_lib.chunked_loss_sums(out, head, batch, num_tasks, chunk_length)
+    if vocab is not None:
+      head = output_vocab_lib.kept_columns(head, vocab)
+    return loss_lib.chunked_loss_sums(out, head, batch, num_tasks, chunk_length, vocab)
   return loss_lib.loss_sums(out, batch, num_tasks)
 
 
@@ -184,6 +191,7 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
   n_mels = model_config.encoder.n_mels
   mask = optimizer.trainable_mask
   use_lora = config.lora.rank > 0
+  vocab = output_vocab_lib.resolve(config, model_config)
 
   def objective(trained, frozen, micro, key):
     if use_lora:
@@ -192,7 +200,7 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
       params = optimizer_lib.combine(mask, trained, frozen)
     mel = audio_features(micro, n_mels, key, augment)
     sums = _loss_sums(model, params, micro, mel, train=True, num_tasks=num_tasks,
-                      chunk_length=chunk_length)
+                      chunk_length=chunk_length, vocab=vocab)
     return sums["loss_sum"] + z_weight * sums["z_loss_sum"], sums
 
   grad_fn = jax.grad(objective, has_aux=True)
@@ -273,11 +281,12 @@ def make_eval_step(config, model_config):
   num_tasks = len(config.eval_data.mixture)
   n_mels = model_config.encoder.n_mels
   chunk_length = int(config.loss.chunk_length)
+  vocab = output_vocab_lib.resolve(config, model_config)
 
   def eval_step(params, batch):
     mel = audio_features(batch, n_mels, None)
     sums = _loss_sums(model, params, batch, mel, train=False, num_tasks=num_tasks,
-                      chunk_length=chunk_length)
+                      chunk_length=chunk_length, vocab=vocab)
     return {k: v for k, v in sums.items() if k != "z_loss_sum"}
 
   return eval_step

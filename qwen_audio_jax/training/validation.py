@@ -20,7 +20,7 @@ from qwen_audio_jax.errors import ConfigError  # pylint: disable=unused-import (
 from qwen_audio_jax.data import config as data_config_lib
 from qwen_audio_jax.data.sources import expand_paths
 from qwen_audio_jax.model import params as params_lib
-from qwen_audio_jax.training import initialization
+from qwen_audio_jax.training import initialization, output_vocab
 
 STAGES = ("pretrain", "sft")
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
@@ -145,6 +145,12 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
   need(isinstance(config.loss.chunk_length, int) and config.loss.chunk_length >= 0,
        f"config.loss.chunk_length={config.loss.chunk_length!r}: must be an integer >= 0 "
        "(0 = the whole sequence's logits at once)")
+  _check_output_vocab(config, model_config, need)
+  try:
+    from qwen_audio_jax.training import report  # pylint: disable=g-import-not-at-top
+    report.validate(config)
+  except ValueError as e:
+    problems.append(str(e))
   need(config.nonfinite in NONFINITE,
        f"config.nonfinite={config.nonfinite!r}: expected one of {NONFINITE}")
   _check_specaugment(config, problems)
@@ -205,9 +211,11 @@ def _check_stage(config, model_config, need) -> None:
   need(bool(trained), f"config.trainable={config.trainable!r} with config.frozen="
        f"{config.frozen!r}: no parameter would be trained")
   if config.stage == "pretrain":
-    need(not llm, f"config.trainable={config.trainable!r}: stage 'pretrain' keeps the LLM "
-         f"frozen, but {len(llm)} LLM parameters would be trained (first {llm[0] if llm else ''})"
-         "; add them to config.frozen or narrow config.trainable")
+    need(not llm or config.train_llm_in_pretrain,
+         f"config.trainable={config.trainable!r}: stage 'pretrain' keeps the LLM frozen, but "
+         f"{len(llm)} LLM parameters would be trained (first {llm[0] if llm else ''}); add them "
+         "to config.frozen, narrow config.trainable, or set config.train_llm_in_pretrain=True "
+         "(a model without a pretrained LLM)")
     need(any(p.startswith("audio_encoder/") for p in audio),
          f"config.trainable={config.trainable!r}: stage 'pretrain' trains the audio encoder, "
          "but no audio_encoder parameter is trained")
@@ -218,6 +226,21 @@ def _check_stage(config, model_config, need) -> None:
          f"{enc[0] if enc else ''})")
     need(bool(llm), f"config.trainable={config.trainable!r}: stage 'sft' trains the LLM (or "
          "LoRA factors with config.lora.rank > 0), but no LLM parameter is trained")
+
+
+def _check_output_vocab(config, model_config, need) -> None:
+  mode = config.loss.get("output_vocab", "full")
+  need(mode in output_vocab.MODES,
+       f"config.loss.output_vocab={mode!r}: expected one of {output_vocab.MODES}")
+  if mode != "data":
+    return
+  need(model_config is None or not model_config.llm.tie_embeddings,
+       "config.loss.output_vocab='data' needs an untied output head (llm.tie_embeddings=False): "
+       "zeroing tied rows would erase input embeddings")
+  for name in config.data.mixture.keys():
+    need(config.data.mixture[name].source == "jsonl",
+         f"config.loss.output_vocab='data' reads the training targets from JSONL manifests, but "
+         f"config.data.mixture.{name}.source={config.data.mixture[name].source!r}; use 'full'")
 
 
 def _check_specaugment(config, problems) -> None:
