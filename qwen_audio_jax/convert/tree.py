@@ -46,11 +46,6 @@ def expected_shapes(config: QwenAudioConfig,
   return shapes
 
 
-def model_parts(config: QwenAudioConfig) -> Tuple[str, ...]:
-  """Parameter groups of the whole model of `config`."""
-  return tuple(p for p in PARTS if p != "audio_bos_eos" or config.encoder.audio_bos_eos)
-
-
 def flatten(tree) -> Dict[Path, object]:
   return traverse_util.flatten_dict(tree)
 

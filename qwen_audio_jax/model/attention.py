@@ -42,9 +42,3 @@ def causal_segment_mask(q_segments, kv_segments, q_positions_idx, kv_positions_i
   same = (q_segments[:, :, None] == kv_segments[:, None, :]) & (q_segments[:, :, None] != 0)
   causal = kv_positions_idx[:, None, :] <= q_positions_idx[:, :, None]
   return (same & causal)[:, None]
-
-
-def padding_mask(valid_lengths, length):
-  """[B, 1, length, length] bidirectional mask: keys beyond each row's valid length hidden."""
-  keys_valid = jnp.arange(length)[None, :] < valid_lengths[:, None]
-  return jnp.broadcast_to(keys_valid[:, None, None, :], (keys_valid.shape[0], 1, length, length))
