@@ -5,7 +5,8 @@
 - an official-layout (Qwen-Audio remote code) checkpoint written by renaming a tiny Qwen2 (with
   q/k/v bias, no GQA) and a tiny Whisper encoder into the official names;
 - `qwen_audio_encoder_reference`: the official Qwen-Audio audio encoder forward in plain torch,
-  written from SPEC.md (batch-max mel cut, key masking, pool -> ln_post -> proj, bos/eos).
+  written from the official `audio.py` of QwenLM/Qwen-Audio (batch-max mel cut, key masking,
+  pool -> ln_post -> proj, bos/eos).
 """
 
 import json
@@ -151,7 +152,7 @@ def save_official(directory: str, tensors: Dict[str, torch.Tensor], config: dict
 def qwen_audio_encoder_reference(sd: Dict[str, torch.Tensor], mel: torch.Tensor,
                                  num_samples: Sequence[int], n_head: int,
                                  eps: float = 1e-5) -> List[torch.Tensor]:
-  """Official Qwen-Audio audio encoder (SPEC.md), one [n_audio + 2, D] tensor per clip.
+  """Official Qwen-Audio audio encoder (QwenLM/Qwen-Audio `audio.py`), one [n_audio + 2, D] tensor per clip.
 
   sd: tensors under transformer.audio. with that prefix removed; mel: [N, n_mels, 3000].
   """
