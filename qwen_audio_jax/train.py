@@ -30,10 +30,12 @@ from ml_collections import config_flags
 from qwen_audio_jax import sharding
 from qwen_audio_jax.convert import save_model_config
 from qwen_audio_jax.data import DataPipeline, batch_spec, global_batches, make_global_batch
+from qwen_audio_jax.model.params import flat_paths
 from qwen_audio_jax.training import checkpointing, distributed, flops, initialization, validation
 from qwen_audio_jax.training import metrics as metrics_lib
 from qwen_audio_jax.training import optimizer as optimizer_lib
 from qwen_audio_jax.training import step as step_lib
+from qwen_audio_jax.training import trainable
 
 CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Training config file and preset, e.g. configs/pretrain.py:demo; override "
@@ -97,7 +99,7 @@ def build_mesh(config: ml_collections.ConfigDict) -> Mesh:
 
 
 def trained_parts(config: ml_collections.ConfigDict, model_config) -> flops.TrainedParts:
-  paths = validation.trained_paths(config, validation.param_paths(model_config))
+  paths = trainable.trained_paths(config, trainable.param_paths(model_config))
   audio = [p for p in paths if not p.startswith("llm/")]
   return flops.TrainedParts(
       audio=bool(audio),
@@ -107,9 +109,8 @@ def trained_parts(config: ml_collections.ConfigDict, model_config) -> flops.Trai
 
 def log_model_summary(config, model_config, abstract_params, parts: flops.TrainedParts) -> None:
   """Parameter counts (all / trained) and the model FLOPs of a step of the largest bucket."""
-  sizes = {"/".join(k.key for k in path): int(np.prod(leaf.shape))
-           for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
-  trained = validation.trained_paths(config, list(sizes))
+  sizes = {p: int(np.prod(leaf.shape)) for p, leaf in flat_paths(abstract_params).items()}
+  trained = trainable.trained_paths(config, list(sizes))
   trained_count = sum(sizes[p] for p in trained)
   what = "LoRA targets" if config.lora.rank > 0 else "trained"
   step = flops.step_flops(model_config, rows=config.data.batch_size,

@@ -11,6 +11,7 @@ from flax import traverse_util
 from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.config import QwenAudioConfig
 from qwen_audio_jax.model.encoder import AudioEncoder
+from qwen_audio_jax.model.params import path_str  # noqa: F401  (the convert modules' import)
 from qwen_audio_jax.model.qwen_audio import QwenAudio
 
 Path = Tuple[str, ...]
@@ -52,7 +53,3 @@ def flatten(tree) -> Dict[Path, object]:
 
 def unflatten(flat: Dict[Path, object]):
   return traverse_util.unflatten_dict(flat)
-
-
-def path_str(path: Path) -> str:
-  return "/".join(path)

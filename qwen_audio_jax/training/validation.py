@@ -6,10 +6,10 @@ expected, e.g. "config.mesh.fsdp=3: the mesh needs 6 devices, 8 are available".
 
 import dataclasses
 import importlib.util
+import os
 import re
 from typing import List, Optional
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -17,17 +17,15 @@ import numpy as np
 from qwen_audio_jax.audio.specaugment import SpecAugmentConfig
 from qwen_audio_jax.data import config as data_config_lib
 from qwen_audio_jax.data.sources import expand_paths
-from qwen_audio_jax.model import params as params_lib
+from qwen_audio_jax.sharding import MESH_AXES
 from qwen_audio_jax.training import initialization
+from qwen_audio_jax.training.optimizer import OPTIMIZERS, SCHEDULES
+from qwen_audio_jax.training.trainable import param_paths, trained_paths
 
 STAGES = ("pretrain", "sft")
-OPTIMIZERS = ("adamw", "adafactor", "sgd")
-SCHEDULES = ("warmup_cosine", "warmup_linear", "constant")
 NONFINITE = ("skip", "halt")
-MESH_ICI = ("data", "fsdp", "tensor")
+MESH_ICI = MESH_AXES
 MESH_DCN = ("dcn_data", "dcn_fsdp")
-# The data config of each stage (stage 2 trains on dialogues).
-DATA_STAGE = {"pretrain": "pretrain", "sft": "chat"}
 
 
 class ConfigError(ValueError):
@@ -36,22 +34,6 @@ class ConfigError(ValueError):
   def __init__(self, problems: List[str]):
     self.problems = list(problems)
     super().__init__("invalid training config:\n  " + "\n  ".join(self.problems))
-
-
-def param_paths(model_config) -> List[str]:
-  """'/'-joined paths of every parameter of the model (abstract, nothing allocated)."""
-  tree = nn.unbox(params_lib.abstract_params(model_config))
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return ["/".join(k.key for k in path) for path, _ in flat]
-
-
-def trained_paths(config: ml_collections.ConfigDict, paths: List[str]) -> List[str]:
-  """Parameters the optimizer updates: trainable minus frozen; with LoRA, the LoRA targets."""
-  if config.lora.rank > 0:
-    return [p for p in paths if re.search(config.lora.target, p)]
-  trainable = re.compile(config.trainable)
-  frozen = re.compile(config.frozen) if config.frozen else None
-  return [p for p in paths if trainable.search(p) and not (frozen and frozen.search(p))]
 
 
 def mesh_shape(config: ml_collections.ConfigDict, device_count: int) -> Optional[dict]:
@@ -142,7 +124,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
          f"batch {per_device} (config.data.batch_size={config.data.batch_size} over data x fsdp "
          f"= {shape['data'] * shape['fsdp']} shards)")
 
-  problems.extend(initialization.describe_missing_paths(config))
+  problems.extend(_missing_init_paths(config))
   need(not (config.init.checkpoint and (config.init.whisper or config.init.llm)),
        f"config.init.checkpoint={config.init.checkpoint!r}: a complete checkpoint excludes "
        "config.init.whisper / config.init.llm")
@@ -268,3 +250,13 @@ def _check_data(config, key, model_config, shape, process_count, problems) -> No
     if data.batch_size % shards:
       problems.append(f"config.{key}.batch_size={data.batch_size}: not divisible by the mesh's "
                       f"batch shards data x fsdp = {shape['data']} x {shape['fsdp']} = {shards}")
+
+
+def _missing_init_paths(config) -> List[str]:
+  """Messages for local init paths that do not exist (remote URLs are checked when read)."""
+  out = []
+  for key in ("checkpoint", "whisper", "llm"):
+    path = config.init[key]
+    if path and "://" not in path and not os.path.exists(path):
+      out.append(f"config.init.{key}={path!r}: no such file or directory")
+  return out
