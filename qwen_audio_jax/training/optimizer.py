@@ -15,6 +15,7 @@ import jax
 import optax
 
 from qwen_audio_jax.model.params import path_tree
+from qwen_audio_jax.training.layer_decay import encoder_layer_decay
 from qwen_audio_jax.training.trainable import trainable_mask
 
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
@@ -77,4 +78,9 @@ def make_optimizer(config, params) -> Optimizer:
   else:
     raise ValueError(f"config.optim.name={optim.name!r}: expected one of {OPTIMIZERS}")
   parts = [optax.clip_by_global_norm(optim.grad_clip_norm)] if optim.grad_clip_norm else []
-  return Optimizer(optax.chain(*parts, core), schedule, mask)
+  parts.append(core)
+  # After the core, so it scales each encoder layer's learning rate (weight decay included).
+  layer_decay = encoder_layer_decay(optim.encoder_layer_decay, params)
+  if layer_decay is not None:
+    parts.append(layer_decay)
+  return Optimizer(optax.chain(*parts), schedule, mask)
