@@ -115,6 +115,11 @@ def _load_converted(path: str, model_config, mesh: Mesh, key: str) -> Dict:
     raise type(e)(f"config.init.{key}={path!r}: {e}") from e
 
 
+def check_complete(params: Dict, model_config, mesh: Mesh, where: str) -> None:
+  """Every parameter of `model_config` is in `params`, each with its expected shape."""
+  _check_against(params, abstract_params(model_config, mesh), where, complete=True)
+
+
 def load_full(path: str, model_config, mesh: Mesh) -> Dict:
   """Complete parameters from a converted checkpoint or a step directory of a training run."""
   from qwen_audio_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
