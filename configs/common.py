@@ -7,6 +7,7 @@ them; `qwen_audio_jax.training.validation` checks the whole config before anythi
 import ml_collections
 from ml_collections.config_dict import placeholder
 
+from qwen_audio_jax import sharding
 from qwen_audio_jax.data.config import get_data_config
 
 # The data config of each training stage: stage 2 trains on dialogues.
@@ -61,7 +62,11 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
       max_time_width=placeholder(int), time_masks_per_frame=placeholder(float),
       max_time_width_ratio=placeholder(float), max_time_warp=placeholder(int),
       mask_value=placeholder(str)))
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1))
+  # Device mesh sizes (one ICI axis may be -1: the rest) and the logical-axis rules mapping the
+  # model's axis names onto it, e.g. --config.mesh.logical_axis_rules="(('embed', 'fsdp'), ...)"
+  # (the whole table; a mesh axis that does not divide a dimension is dropped for it).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1,
+                                          logical_axis_rules=sharding.LOGICAL_AXIS_RULES))
 
   c.data = get_data_config(DATA_STAGE[stage], "train")
   c.eval_data = get_data_config(DATA_STAGE[stage], "eval")

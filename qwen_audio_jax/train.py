@@ -17,6 +17,7 @@ import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -89,11 +90,8 @@ def build_mesh(config: ml_collections.ConfigDict) -> Mesh:
   dcn = (m.dcn_data, m.dcn_fsdp, 1)
   if dcn == (1, 1, 1):
     return sharding.make_mesh((m.data, m.fsdp, m.tensor))
-  per_slice = jax.device_count() // int(np.prod(dcn))
-  ici = [m.data, m.fsdp, m.tensor]
-  if -1 in ici:
-    known = int(np.prod([s for s in ici if s != -1]))
-    ici[ici.index(-1)] = per_slice // known
+  ici = sharding.fill_mesh_shape((m.data, m.fsdp, m.tensor),
+                                 jax.device_count() // int(np.prod(dcn)))
   devices = mesh_utils.create_hybrid_device_mesh(ici, dcn, jax.devices())
   return Mesh(devices, sharding.MESH_AXES)
 
@@ -224,8 +222,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
 
   stop_at_step: stop after this step as a preemption would (save, return); for tests.
   """
-  # Config: validated as a whole before anything is built.
+  # Config: validated as a whole before anything is built; its logical-axis rules then decide
+  # every sharding of the run (parameters, optimizer state, activations).
   validation.validate(config)
+  with nn.logical_axis_rules(config.mesh.logical_axis_rules):
+    return _run(config, workdir, stop_at_step)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str,
+         stop_at_step: Optional[int]) -> RunResult:
   model_config = initialization.model_config_from(config)
   workdir = os.fspath(workdir)
   write_resolved_config(config, model_config, workdir)

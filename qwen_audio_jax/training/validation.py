@@ -16,14 +16,14 @@ import numpy as np
 from qwen_audio_jax.audio import specaugment as specaugment_lib
 from qwen_audio_jax.data import config as data_config_lib
 from qwen_audio_jax.data.sources import expand_paths
-from qwen_audio_jax.sharding import MESH_AXES
+from qwen_audio_jax import sharding
 from qwen_audio_jax.training import initialization
 from qwen_audio_jax.training.optimizer import OPTIMIZERS, SCHEDULES
 from qwen_audio_jax.training.trainable import param_paths, trained_paths
 
 STAGES = ("pretrain", "sft")
 NONFINITE = ("skip", "halt")
-MESH_ICI = MESH_AXES
+MESH_ICI = sharding.MESH_AXES
 MESH_DCN = ("dcn_data", "dcn_fsdp")
 
 
@@ -36,19 +36,17 @@ class ConfigError(ValueError):
 
 
 def mesh_shape(config: ml_collections.ConfigDict, device_count: int) -> Optional[dict]:
-  """The resolved mesh sizes (-1 filled), or None when they cannot be resolved."""
-  ici = {a: int(config.mesh[a]) for a in MESH_ICI}
+  """The resolved mesh sizes (-1 filled, DCN sizes multiplied in), or None when they cannot be
+  resolved."""
   dcn = int(np.prod([int(config.mesh[a]) for a in MESH_DCN]))
-  known = int(np.prod([s for s in ici.values() if s != -1])) * dcn
-  if list(ici.values()).count(-1) > 1 or known <= 0 or device_count % known:
+  if dcn <= 0 or device_count % dcn:
     return None
-  for axis, size in ici.items():
-    if size == -1:
-      ici[axis] = device_count // known
-  if int(np.prod(list(ici.values()))) * dcn != device_count:
+  try:
+    ici = sharding.fill_mesh_shape([config.mesh[a] for a in MESH_ICI], device_count // dcn)
+  except ValueError:
     return None
-  return {a: ici[a] * (int(config.mesh[f"dcn_{a}"]) if f"dcn_{a}" in config.mesh else 1)
-          for a in MESH_ICI}
+  return {a: size * (int(config.mesh[f"dcn_{a}"]) if f"dcn_{a}" in config.mesh else 1)
+          for a, size in zip(MESH_ICI, ici)}
 
 
 def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] = None,
@@ -87,6 +85,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
   need(o.weight_decay >= 0, f"config.optim.weight_decay={o.weight_decay}: must be >= 0")
   need(o.grad_clip_norm >= 0,
        f"config.optim.grad_clip_norm={o.grad_clip_norm}: must be >= 0 (0 = no clipping)")
+  need(0.0 < o.encoder_layer_decay <= 1.0,
+       f"config.optim.encoder_layer_decay={o.encoder_layer_decay}: must be in (0, 1] (1 = off)")
   need(o.grad_accum_steps >= 1,
        f"config.optim.grad_accum_steps={o.grad_accum_steps}: must be >= 1")
   regexes_ok = True
@@ -218,6 +218,29 @@ def _check_mesh(config, device_count, need) -> Optional[dict]:
          f"{device_count} available devices (the product of the sizes, with -1 filling, must "
          "equal the device count)")
   return shape
+
+
+def _check_axis_rules(rules, need) -> None:
+  """config.mesh.logical_axis_rules: (logical name, mesh axes) pairs covering every name the
+  model uses, each mesh axis one of the mesh's."""
+  key = "config.mesh.logical_axis_rules"
+  pairs = isinstance(rules, (tuple, list)) and all(
+      isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[0], str) for r in rules)
+  if not pairs:
+    need(False, f"{key}={rules!r}: expected a sequence of (logical axis name, mesh axes) pairs")
+    return
+  names = [name for name, _ in rules]
+  for name in dict.fromkeys(n for n in names if names.count(n) > 1):
+    need(False, f"{key}: {name!r} appears more than once (only its first entry would be used)")
+  for name, axes in rules:
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    bad = [a for a in axes if a not in MESH_ICI]
+    need(not bad, f"{key}: {name!r} maps to {bad[0] if bad else ''!r}, not a mesh axis; "
+         f"expected None, one of {MESH_ICI} or a tuple of them")
+  missing = [n for n, _ in sharding.LOGICAL_AXIS_RULES if n not in names]
+  need(not missing, f"{key}: no entry for {missing[0] if missing else ''!r} (the model annotates "
+       f"{len(sharding.LOGICAL_AXIS_RULES)} logical axes: "
+       f"{', '.join(n for n, _ in sharding.LOGICAL_AXIS_RULES)})")
 
 
 def _check_data(config, key, model_config, shape, process_count, problems) -> None:
