@@ -19,6 +19,7 @@ from typing import Any, List, Optional, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -72,7 +73,13 @@ def fill_mesh_shape(shape: Sequence[int], device_count: int) -> List[int]:
 def make_mesh(shape: Sequence[int], devices: Optional[Sequence[Any]] = None) -> Mesh:
   """A ('data', 'fsdp', 'tensor') mesh; one entry of `shape` may be -1 to take the rest."""
   devices = np.asarray(jax.devices() if devices is None else devices)
-  return Mesh(devices.reshape(fill_mesh_shape(shape, devices.size)), MESH_AXES)
+  shape = fill_mesh_shape(shape, devices.size)
+  try:  # physical-topology-aware order on TPUs (rings along the torus); plain order elsewhere
+    arranged = mesh_utils.create_device_mesh(shape, devices=list(devices.flat),
+                                             allow_split_physical_axes=True)
+  except (ValueError, NotImplementedError, AssertionError):
+    arranged = devices.reshape(shape)
+  return Mesh(arranged, MESH_AXES)
 
 
 def axis_rules(rules=None):

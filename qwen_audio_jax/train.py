@@ -24,23 +24,25 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from etils import epath
-from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from ml_collections import config_flags
 
-from qwen_audio_jax import sharding
+from qwen_audio_jax import configs, sharding
 from qwen_audio_jax.convert import save_model_config
-from qwen_audio_jax.data import DataPipeline, batch_spec, global_batches, make_global_batch
+from qwen_audio_jax.data import DataPipeline, global_batches, make_global_batch
 from qwen_audio_jax.model.params import flat_paths
-from qwen_audio_jax.training import checkpointing, distributed, flops, initialization, validation
+from qwen_audio_jax.training import (checkpointing, compilation_cache, distributed, flops,
+                                     initialization, validation)
+from qwen_audio_jax.training.layout import abstract_batch, build_mesh, trained_parts
 from qwen_audio_jax.training import metrics as metrics_lib
 from qwen_audio_jax.training import optimizer as optimizer_lib
 from qwen_audio_jax.training import step as step_lib
 from qwen_audio_jax.training import trainable
 
-CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training config file and preset, e.g. configs/pretrain.py:demo; override "
-    "keys with --config.<key>=<value>.", lock_config=True)
+CONFIG = configs.DEFINE_config_file(
+    "config", "Training config file and preset, e.g. configs/pretrain.py:demo, or a packaged "
+    f"config by name ({', '.join(configs.names())}), e.g. pretrain:demo; override keys with "
+    "--config.<key>=<value>.", lock_config=True)
+flags.declare_key_flag("config")
 WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory of the run: config.json, checkpoints/, tensorboard/. An existing "
     "run in it is resumed from its latest complete checkpoint. Default: workdir/<config file "
@@ -75,34 +77,6 @@ def write_resolved_config(config: ml_collections.ConfigDict, model_config, workd
   save_model_config(model_config, os.fspath(path / "model_config.json"))
 
 
-def enable_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """JAX's persistent compilation cache: restarts and resumes skip recompiling."""
-  directory = config.compilation_cache_dir or os.path.join(
-      os.path.dirname(os.path.abspath(workdir.rstrip("/"))), ".jax_cache")
-  jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  return directory
-
-
-def build_mesh(config: ml_collections.ConfigDict) -> Mesh:
-  """The (data, fsdp, tensor) mesh; with DCN sizes > 1 a hybrid mesh across slices."""
-  m = config.mesh
-  dcn = (m.dcn_data, m.dcn_fsdp, 1)
-  if dcn == (1, 1, 1):
-    return sharding.make_mesh((m.data, m.fsdp, m.tensor))
-  ici = sharding.fill_mesh_shape((m.data, m.fsdp, m.tensor),
-                                 jax.device_count() // int(np.prod(dcn)))
-  devices = mesh_utils.create_hybrid_device_mesh(ici, dcn, jax.devices())
-  return Mesh(devices, sharding.MESH_AXES)
-
-
-def trained_parts(config: ml_collections.ConfigDict, model_config) -> flops.TrainedParts:
-  paths = trainable.trained_paths(config, trainable.param_paths(model_config))
-  audio = [p for p in paths if not p.startswith("llm/")]
-  return flops.TrainedParts(
-      audio=bool(audio),
-      encoder_body=any(p.startswith("audio_encoder/") and "/proj/" not in p for p in audio),
-      llm=any(p.startswith("llm/") for p in paths))
 
 
 def log_model_summary(config, model_config, abstract_params, parts: flops.TrainedParts) -> None:
@@ -118,19 +92,6 @@ def log_model_summary(config, model_config, abstract_params, parts: flops.Traine
                "%d: %.3g (encoder %.3g, LLM %.3g)", f"{sum(sizes.values()):,}",
                f"{trained_count:,}", what, len(trained), max(config.data.text_buckets),
                step["total"], step["encoder"], step["llm"])
-
-
-def batch_shardings(mesh: Mesh, spec: Dict[str, Tuple[Tuple[int, ...], Any]]):
-  return {k: sharding.batch_sharding(mesh, len(shape)) for k, (shape, _) in spec.items()}
-
-
-def abstract_batch(data_config, mesh: Mesh, text_length: int):
-  """ShapeDtypeStructs of a global batch of one text bucket."""
-  spec = batch_spec(data_config.batch_size, text_length, max_clips=data_config.max_clips_per_row,
-                    features=data_config.features, n_mels=data_config.n_mels)
-  shardings = batch_shardings(mesh, spec)
-  return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[k])
-          for k, (shape, dtype) in spec.items()}
 
 
 def shape_key(batch) -> Tuple:
@@ -234,7 +195,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
   model_config = initialization.model_config_from(config)
   workdir = os.fspath(workdir)
   write_resolved_config(config, model_config, workdir)
-  cache_dir = enable_compilation_cache(config, workdir)
+  cache_dir = compilation_cache.enable(config.compilation_cache_dir, workdir)
   is_main = jax.process_index() == 0
   logging.info("Workdir %s; compilation cache %s", workdir, cache_dir)
 
@@ -285,6 +246,7 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
   train_step = CompiledByShape("train_step", train_jit, mesh,
                                lambda batch: (abstract_state, _abstract(batch)))
   train_step.compile(abstract_batch(config.data, mesh, max(config.data.text_buckets)))
+  distributed.barrier("compiled")
   eval_step = None
   if eval_pipeline is not None:
     eval_jit = jax.jit(step_lib.make_eval_step(config, model_config),

@@ -44,3 +44,12 @@ def tone_config(manifest, cache, **loop):
   for key, value in loop.items():
     c[key] = value
   return c
+
+
+def multihost_config(manifest, cache):
+  """The 2-process test's run: two text buckets, so the processes must agree on each batch's
+  text length (their rows differ)."""
+  c = tone_config(manifest, cache)
+  c.data.text_buckets = (40, 64)
+  c.data.shuffle = False
+  return c

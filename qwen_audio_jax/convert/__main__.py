@@ -2,7 +2,8 @@
 
     python -m qwen_audio_jax.convert --source DIR --layout LAYOUT --out DIR [--dtype ...]
         [--combine-encoder DIR --encoder-layout whisper --seed N]
-    python -m qwen_audio_jax.convert export --checkpoint DIR --layout {qwen2,qwen2_audio} --out DIR
+    python -m qwen_audio_jax.convert export --checkpoint DIR --layout LAYOUT --out DIR
+        [--lora {merge,adapters}]
 """
 
 import argparse
@@ -57,13 +58,23 @@ def _import_parser() -> argparse.ArgumentParser:
 def _export_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m qwen_audio_jax.convert export",
-      description="Export a qwen_audio_jax checkpoint to HF safetensors + config.json "
-      "(loadable with transformers' from_pretrained).")
+      description="Export a qwen_audio_jax checkpoint or a training run's step to safetensors + "
+      "config.json in the layout users load.")
   parser.add_argument("--checkpoint", required=True,
-                      help="our checkpoint directory (holding params/ and model_config.json)")
+                      help="a converted checkpoint (params/ + model_config.json) or a training "
+                      "run's <workdir>/checkpoints/<step> (model config from the run's workdir)")
   parser.add_argument("--layout", required=True, choices=names.EXPORT_LAYOUTS,
-                      help="qwen2: Qwen2ForCausalLM (LLM only); qwen2_audio: "
+                      help="whisper: the audio encoder alone (transformers' WhisperEncoder); "
+                      "qwen2: Qwen2ForCausalLM (LLM only); qwen_audio: the official Qwen-Audio "
+                      "layout with config.json and qwen.tiktoken; qwen2_audio: "
                       "Qwen2AudioForConditionalGeneration")
+  parser.add_argument("--lora", default="merge", choices=("merge", "adapters"),
+                      help="a LoRA run's factors: merged into the weights (default), or "
+                      "'adapters': base weights plus a PEFT adapter in OUT/adapter "
+                      "(qwen2_audio only)")
+  parser.add_argument("--tokenizer", default=None,
+                      help="vocabulary to ship (qwen.tiktoken or a tokenizer directory); "
+                      "default: the model's own")
   parser.add_argument("--out", required=True, help="output directory")
   parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                       help="dtype of the written tensors (default: as stored)")
@@ -84,6 +95,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     token_ids = {} if args.audio_token_id is None else {"audio_token_index": args.audio_token_id}
     files = export_checkpoint(args.checkpoint, args.layout, args.out, dtype=args.dtype,
                               max_shard_size=args.max_shard_size, token_ids=token_ids,
+                              lora=args.lora, tokenizer_path=args.tokenizer,
                               progress=not args.no_progress)
     print(f"wrote {len(files)} files to {args.out}")
     for f in files:

@@ -25,7 +25,6 @@ from typing import Any, Dict, Optional
 
 import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -163,29 +162,22 @@ def is_run_step_dir(path: str) -> bool:
   return (epath.Path(path) / STATE_ITEM).is_dir()
 
 
-def restore_params_from_step_dir(path: str, abstract_params) -> Any:
-  """Only the parameters of a run's step directory (e.g. stage 2 from a stage-1 step)."""
-  item = {"params": abstract_params}
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    restored = checkpointer.restore(
-        epath.Path(absolute(path)) / STATE_ITEM, args=ocp.args.PyTreeRestore(
-            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-            partial_restore=True))
-  return restored["params"]
-
-
 class PreemptionWatch:
   """SIGTERM -> a flag the loop polls at step boundaries (save, then exit 0).
 
   The handler only sets the flag: the loop decides when it is safe to save. With several
-  processes the flag is combined across hosts so that all stop at the same step.
+  processes JAX's preemption sync point (through Orbax's `reached_preemption`) decides, so that
+  all stop at the same step.
   """
 
   def __init__(self, checkpoints: Optional[Checkpoints] = None):
     self._event = threading.Event()
     self._checkpoints = checkpoints
     self._previous = None
-    if threading.current_thread() is threading.main_thread():
+    # With several processes JAX's preemption notifier (started by jax.distributed) catches
+    # SIGTERM itself and its sync point makes every process stop at the same step without a
+    # collective of ours; a Python handler would replace its handler.
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._on_signal)
 
   def _on_signal(self, signum, frame):
@@ -198,13 +190,12 @@ class PreemptionWatch:
     self._event.set()
 
   def should_stop(self, step: int) -> bool:
-    stop = self._event.is_set()
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      stop = bool(np.any(multihost_utils.process_allgather(np.asarray([stop]))))
-    if not stop and self._checkpoints is not None:
-      stop = self._checkpoints.reached_preemption(step)
-    return stop
+    if self._event.is_set():
+      if jax.process_count() > 1:
+        raise RuntimeError("PreemptionWatch.request() stops one process of a multi-process run; "
+                           "send SIGTERM to every process instead")
+      return True
+    return self._checkpoints is not None and self._checkpoints.reached_preemption(step)
 
   def close(self) -> None:
     if self._previous is not None:

@@ -50,8 +50,12 @@ def mesh_shape(config: ml_collections.ConfigDict, device_count: int) -> Optional
 
 
 def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] = None,
-             process_count: Optional[int] = None) -> None:
-  """Raises ConfigError listing every problem of `config`; returns None when it can run."""
+             process_count: Optional[int] = None, check_paths: bool = True) -> None:
+  """Raises ConfigError listing every problem of `config`; returns None when it can run.
+
+  device_count / process_count: of the run (default: this process's view); check_paths: False
+  skips the existence of data and init paths (plans made away from the data).
+  """
   device_count = jax.device_count() if device_count is None else device_count
   process_count = jax.process_count() if process_count is None else process_count
   problems: List[str] = []
@@ -115,7 +119,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
 
   shape = _check_mesh(config, device_count, need)
   for key in ("data", "eval_data") if config.eval_every else ("data",):
-    _check_data(config, key, model_config, shape, process_count, problems)
+    _check_data(config, key, model_config, shape, process_count, problems, check_paths)
   if shape is not None:
     per_device = config.data.batch_size // max(1, shape["data"] * shape["fsdp"])
     need(per_device == 0 or per_device % o.grad_accum_steps == 0,
@@ -123,7 +127,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
          f"batch {per_device} (config.data.batch_size={config.data.batch_size} over data x fsdp "
          f"= {shape['data'] * shape['fsdp']} shards)")
 
-  problems.extend(_missing_init_paths(config))
+  if check_paths:
+    problems.extend(_missing_init_paths(config))
   need(not (config.init.checkpoint and (config.init.whisper or config.init.llm)),
        f"config.init.checkpoint={config.init.checkpoint!r}: a complete checkpoint excludes "
        "config.init.whisper / config.init.llm")
@@ -243,7 +248,8 @@ def _check_axis_rules(rules, need) -> None:
        f"{', '.join(n for n, _ in sharding.LOGICAL_AXIS_RULES)})")
 
 
-def _check_data(config, key, model_config, shape, process_count, problems) -> None:
+def _check_data(config, key, model_config, shape, process_count, problems,
+                check_paths=True) -> None:
   data = config[key]
   try:
     data_config_lib.validate_data_config(data)
@@ -252,7 +258,7 @@ def _check_data(config, key, model_config, shape, process_count, problems) -> No
     return
   for name in data.mixture.keys():
     entry = data.mixture[name]
-    if entry.source in ("jsonl", "array_record"):
+    if check_paths and entry.source in ("jsonl", "array_record"):
       try:
         expand_paths(entry.paths, f"config.{key}.mixture.{name}.paths")
       except (FileNotFoundError, ValueError) as e:

@@ -9,6 +9,7 @@ from ml_collections.config_dict import placeholder
 
 from qwen_audio_jax import sharding
 from qwen_audio_jax.data.config import get_data_config
+from qwen_audio_jax.training.initialization import model_overrides
 
 # The data config of each training stage: stage 2 trains on dialogues.
 DATA_STAGE = {"pretrain": "pretrain", "sft": "chat"}
@@ -18,9 +19,10 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   """Defaults of one stage ('pretrain' or 'sft'); presets change what differs."""
   c = ml_collections.ConfigDict()
   c.stage = stage
-  # Model: a preset of qwen_audio_jax.config plus field overrides; `encoder` / `llm` overrides
-  # are dicts of sub-fields, e.g. overrides.llm = {'depth': 1}.
-  c.model = ml_collections.ConfigDict(dict(preset="tiny", overrides=ml_collections.ConfigDict()))
+  # Model: a preset of qwen_audio_jax.config plus field overrides: every field and `encoder.*` /
+  # `llm.*` sub-field is there, typed, None keeping the preset's value
+  # (--config.model.overrides.llm.depth=4).
+  c.model = ml_collections.ConfigDict(dict(preset="tiny", overrides=model_overrides()))
   c.seed = 0
   c.total_steps = 1000
 
@@ -81,7 +83,7 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.tensorboard = True
   c.wandb = False
   c.wandb_project = "qwen_audio_jax"
-  c.compilation_cache_dir = ""  # '' = <workdir>/../.jax_cache
+  c.compilation_cache_dir = ""  # '' = .jax_cache next to the workdir, on its filesystem
   return c
 
 
@@ -126,8 +128,8 @@ def full_scale_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigD
   warmup and cosine decay, SpecAugment LB; the stage files set what differs (steps, batch,
   learning rates). Provenance marks as described above."""
   c.model.preset = "qwen_audio_7b"
-  c.model.overrides = ml_collections.ConfigDict(dict(
-      dtype="bfloat16", param_dtype="float32", remat_policy="dots_with_no_batch_dims"))
+  c.model.overrides = model_overrides(
+      dtype="bfloat16", param_dtype="float32", remat_policy="dots_with_no_batch_dims")
   c.loss.chunk_length = 512  # not from the paper: 4 chunks of logits per 2048-token row (memory)
   c.data.worker_count = 8  # grain workers per host (throughput, not from the paper)
   c.optim.schedule = "warmup_cosine"  # unverified: cosine decay

@@ -13,20 +13,7 @@ Presets:
     unverified (not checked against the paper) or not from the paper.
 """
 
-import importlib.util
-import os
-
-
-def _load_common():
-  """configs/common.py, loaded by path (config files are loaded by path, not as a package)."""
-  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "common.py")
-  spec = importlib.util.spec_from_file_location("qwen_audio_jax_configs_common", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
-common = _load_common()
+from qwen_audio_jax.configs import common
 
 PRESETS = common.PRESETS
 
