@@ -17,6 +17,7 @@ import os
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -31,6 +32,7 @@ from qwen_audio_jax.audio.lengths import HOP_LENGTH
 from qwen_audio_jax.data import DataPipeline, global_batches, make_global_batch
 from qwen_audio_jax.data.global_batch import audio_samples
 from qwen_audio_jax.evaluate.in_training import DecodingEvals
+from qwen_audio_jax.model.params import flat_paths
 from qwen_audio_jax.training import (checkpointing, compilation_cache, distributed, flops,
                                      initialization, startup, validation)
 from qwen_audio_jax.training.layout import abstract_batch, build_mesh, trained_parts
@@ -38,6 +40,7 @@ from qwen_audio_jax.training import metrics as metrics_lib
 from qwen_audio_jax.training import report
 from qwen_audio_jax.training import optimizer as optimizer_lib
 from qwen_audio_jax.training import step as step_lib
+from qwen_audio_jax.training import trainable
 
 CONFIG = configs.DEFINE_config_file(
     "config", "Training config file and preset, e.g. configs/pretrain.py:demo, or a packaged "
@@ -83,9 +86,8 @@ def write_resolved_config(config: ml_collections.ConfigDict, model_config, workd
 
 def log_model_summary(config, model_config, abstract_params, parts: flops.TrainedParts) -> None:
   """Parameter counts (all / trained) and the model FLOPs of a step of the largest bucket."""
-  sizes = {"/".join(k.key for k in path): int(np.prod(leaf.shape))
-           for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
-  trained = validation.trained_paths(config, list(sizes))
+  sizes = {p: int(np.prod(leaf.shape)) for p, leaf in flat_paths(abstract_params).items()}
+  trained = trainable.trained_paths(config, list(sizes))
   trained_count = sum(sizes[p] for p in trained)
   what = "LoRA targets" if config.lora.rank > 0 else "trained"
   step = flops.step_flops(model_config, rows=config.data.batch_size,
@@ -189,8 +191,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
 
   stop_at_step: stop after this step as a preemption would (save, return); for tests.
   """
-  # Config: validated as a whole before anything is built.
+  # Config: validated as a whole before anything is built; its logical-axis rules then decide
+  # every sharding of the run (parameters, optimizer state, activations).
   validation.validate(config)
+  with nn.logical_axis_rules(config.mesh.logical_axis_rules):
+    return _run(config, workdir, stop_at_step)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: str,
+         stop_at_step: Optional[int]) -> RunResult:
   model_config = initialization.model_config_from(config)
   workdir = os.fspath(workdir)
   startup.check_workdir(workdir)

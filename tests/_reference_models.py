@@ -7,7 +7,8 @@
 - `save_qwen2_audio_tokenizer`: a Qwen2-Audio-style transformers tokenizer over the same BPE
   ranks (qwen.tiktoken of the dashscope package) with Qwen2-Audio's first special tokens;
 - `qwen_audio_encoder_reference`: the official Qwen-Audio audio encoder forward in plain torch,
-  written from SPEC.md (batch-max mel cut, key masking, pool -> ln_post -> proj, bos/eos).
+  written from the official `audio.py` of QwenLM/Qwen-Audio (batch-max mel cut, key masking,
+  pool -> ln_post -> proj, bos/eos).
 """
 
 import json
@@ -171,7 +172,7 @@ def save_official(directory: str, tensors: Dict[str, torch.Tensor], config: dict
 def qwen_audio_encoder_reference(sd: Dict[str, torch.Tensor], mel: torch.Tensor,
                                  num_samples: Sequence[int], n_head: int,
                                  eps: float = 1e-5) -> List[torch.Tensor]:
-  """Official Qwen-Audio audio encoder (SPEC.md), one [n_audio + 2, D] tensor per clip.
+  """Official Qwen-Audio audio encoder (QwenLM/Qwen-Audio `audio.py`), one [n_audio + 2, D] tensor per clip.
 
   sd: tensors under transformer.audio. with that prefix removed; mel: [N, n_mels, 3000].
   """

@@ -58,7 +58,7 @@ def _apply(config, params, batch, **kw):
 
 
 def test_qwen_audio_7b_parameter_count_matches_official_layout():
-  """Sum of the official checkpoint's tensor shapes (SPEC.md sizes) equals our count."""
+  """Sum of the official checkpoint's tensor shapes (sizes from the release's config.json, QwenLM/Qwen-Audio) equals our count."""
   d, n_mels, n_ctx, enc_layers, ffn = 1280, 80, 1500, 32, 5120
   w, vocab, layers, mlp = 4096, 155947, 32, 11008
   block = (3 * (d * d + d) - d) + (d * d + d) + 2 * d + (d * ffn + ffn) + (ffn * d + d) + 2 * d

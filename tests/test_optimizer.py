@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from qwen_audio_jax.config import get_preset
+from qwen_audio_jax.model import params as params_lib
 from qwen_audio_jax.model.params import init_params
 from qwen_audio_jax.training import lora as lora_lib
 from qwen_audio_jax.training import optimizer as optimizer_lib
+from qwen_audio_jax.training.trainable import trainable_mask
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,14 +35,14 @@ def abstract_params(**overrides):
 
 
 def trained_paths(config, params):
-  mask = optimizer_lib.trainable_mask(config, params)
-  return {p for p, m in zip(jax.tree.leaves(optimizer_lib.path_tree(params)),
+  mask = trainable_mask(config, params)
+  return {p for p, m in zip(jax.tree.leaves(params_lib.path_tree(params)),
                             jax.tree.leaves(mask)) if m}
 
 
 def test_stage_regexes_select_what_the_recipe_trains():
   params = abstract_params()
-  every = set(jax.tree.leaves(optimizer_lib.path_tree(params)))
+  every = set(jax.tree.leaves(params_lib.path_tree(params)))
   stage1 = trained_paths(load_config("pretrain.py"), params)
   # Stage 1: the whole encoder (its projection included) and the audio bos/eos rows, except the
   # fixed sinusoidal positions; the LLM is frozen.
@@ -64,7 +66,7 @@ def test_frozen_leaves_get_no_optimizer_state():
   trained_shapes = sorted(x.shape for x in jax.tree.leaves(trainable))
   moments = sorted(x.shape for x in jax.tree.leaves(state) if x.ndim)
   assert moments == sorted(trained_shapes * 2)
-  assert not any(p.startswith("llm") for p in jax.tree.leaves(optimizer_lib.path_tree(state))
+  assert not any(p.startswith("llm") for p in jax.tree.leaves(params_lib.path_tree(state))
                  if "/mu/" in p or "/nu/" in p)
   # The partition round-trips.
   restored = optimizer_lib.combine(optimizer.trainable_mask, trainable, frozen)
@@ -171,7 +173,7 @@ def test_lora_factors_match_the_kernels_and_merge_as_w_plus_scaled_ab(scan_layer
     got = np.asarray(lora_lib.targets(merged, f"^{path}$")[path])
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
   # Everything else is untouched.
-  untouched = {p: v for p, v in zip(jax.tree.leaves(optimizer_lib.path_tree(params)),
+  untouched = {p: v for p, v in zip(jax.tree.leaves(params_lib.path_tree(params)),
                                     jax.tree.leaves(merged)) if p not in kernels}
   for path, value in untouched.items():
     np.testing.assert_array_equal(value, lora_lib.targets(params, f"^{path}$")[path])

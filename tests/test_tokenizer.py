@@ -1,8 +1,10 @@
-"""The Qwen-Audio tokenizer against a reference built here from the real vocabulary and SPEC.md.
+"""The Qwen-Audio tokenizer against a reference built here from the real vocabulary and the
+official special-token table.
 
 The reference is a plain `tiktoken.Encoding` over dashscope's `qwen.tiktoken` with the special
-token table of SPEC.md written out below, independently of `qwen_audio_jax.text.specials`; a few
-ids are also pinned literally (values of the released tokenizer).
+token table of the official `tokenization_qwen.py` (QwenLM/Qwen-Audio: the chat specials, 205
+`<|extra_i|>` and `AUDIO_ST`) written out below, independently of `qwen_audio_jax.text.specials`;
+a few ids are also pinned literally (values of the released tokenizer).
 """
 
 import base64
@@ -22,7 +24,7 @@ PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"""
 
 
 def spec_special_tokens():
-  """SPEC.md's table, in order."""
+  """The official table (QwenLM/Qwen-Audio `tokenization_qwen.py`), in order."""
   head = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + [f"<|extra_{i}|>" for i in range(205)]
   audio = ("[[[AUDIO:modality]]] <|startoftranscript|> <|startofanalysis|> <|translate|> "
            "<|transcribe|> <|caption|> <|keyword|> <|unknown|> <|en|> <|zh|> <|de|> <|es|> <|ko|> "

@@ -1,6 +1,7 @@
 """Whisper log-mel features: one definition, a host (numpy) path and an on-device (JAX) path.
 
-The definition (SPEC.md, identical to openai-whisper and `transformers.WhisperFeatureExtractor`):
+The definition (openai-whisper's `whisper/audio.py` `log_mel_spectrogram`, which
+`transformers.WhisperFeatureExtractor` reproduces):
 a 30 s clip (N_SAMPLES samples at 16 kHz, padded or cut first) -> centred STFT with reflect
 padding, n_fft 400, hop 160, periodic Hann window -> power spectrum -> the last frame dropped
 (N_FRAMES = 3000 frames) -> slaney mel filters (0-8000 Hz, slaney area normalisation, 80 or 128

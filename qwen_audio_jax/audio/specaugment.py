@@ -10,6 +10,18 @@ Every clip of a Whisper-style batch is padded to 3000 frames; only a clip's firs
 padding frames come out bit-identical, so the model's padding handling and any later
 masking by valid length see exactly what they would without augmentation.
 
+Named policies (`POLICIES`, chosen with `policy(name)`): the LibriSpeech policies of Park et al.
+2019, Table 1 ("SpecAugment: A Simple Data Augmentation Method for Automatic Speech Recognition",
+arXiv:1904.08779), with their symbols mapped onto the fields below:
+
+    policy  W (max_time_warp)  F (max_freq_width)  mF  T (max_time_width)  p (ratio)  mT
+    LB      80                 27                  1   100                 1.0        1
+    LD      80                 27                  2   100                 1.0        2
+
+W, F and T are in feature frames / mel bins; Whisper's 10 ms hop matches the paper's. 'custom'
+starts from the `SpecAugmentConfig` defaults instead. Any field given explicitly overrides the
+policy's value (e.g. LB without time warp).
+
 Masked value: by default the clip's mean over its valid region (one scalar per clip). The
 original paper masks with zero on mean-normalised features, i.e. with the mean; Whisper
 features are not mean-normalised ((log10 + 4) / 4 puts zero at an arbitrary loudness), so zero
@@ -86,6 +98,38 @@ class SpecAugmentConfig:
     masks = (self.num_freq_masks > 0 and self.max_freq_width > 0) or (
         self.num_time_masks > 0 and self.max_time_width > 0 and self.max_time_width_ratio > 0)
     return not self.enabled or not (masks or self.max_time_warp > 0)
+
+
+# Park et al. 2019, Table 1 (arXiv:1904.08779): LibriSpeech basic (LB) and double (LD).
+POLICIES = {
+    "LB": dict(max_time_warp=80, max_freq_width=27, num_freq_masks=1, max_time_width=100,
+               max_time_width_ratio=1.0, num_time_masks=1, time_masks_per_frame=0.0),
+    "LD": dict(max_time_warp=80, max_freq_width=27, num_freq_masks=2, max_time_width=100,
+               max_time_width_ratio=1.0, num_time_masks=2, time_masks_per_frame=0.0),
+}
+CUSTOM = "custom"
+POLICY_NAMES = tuple(POLICIES) + (CUSTOM,)
+
+
+def policy(name: str, **fields) -> SpecAugmentConfig:
+  """The named policy ('LB', 'LD') with `fields` overriding its values, or 'custom': the
+  `SpecAugmentConfig` defaults with `fields` set. Fields that are None keep the policy's value."""
+  if name not in POLICY_NAMES:
+    raise ValueError(f"SpecAugment policy {name!r}: expected one of {POLICY_NAMES}")
+  known = {f.name for f in dataclasses.fields(SpecAugmentConfig)}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f"SpecAugmentConfig.{unknown[0]}: unknown field; expected one of "
+                     f"{sorted(known)}")
+  values = dict(POLICIES.get(name, {}))
+  values.update({k: v for k, v in fields.items() if v is not None})
+  return SpecAugmentConfig(**values)
+
+
+def from_config(specaugment) -> SpecAugmentConfig:
+  """The policy of a training config's `specaugment` dict: `policy` plus field overrides."""
+  fields = dict(specaugment)
+  return policy(fields.pop("policy", CUSTOM), **fields)
 
 
 def _random_spans(key: jax.Array, count: int, max_width: jax.Array, extent: jax.Array

@@ -11,7 +11,8 @@ r"""Stage 2 of Qwen-Audio: supervised instruction fine-tuning of the LLM with th
 Presets:
   demo: the tiny model on the dialogue rows of the bundled demo corpus, CPU, a couple of minutes.
   qwen_audio: the paper's recipe (Qwen-Audio, arXiv:2311.07919, appendix table of training
-    hyper-parameters, "supervised fine-tuning" column).
+    hyper-parameters, "supervised fine-tuning" column); each value is marked quoted, unverified
+    or not from the paper (see configs/common.py).
 """
 
 from qwen_audio_jax.configs import common
@@ -33,18 +34,18 @@ def get_config(arg: str = "demo"):
     # speaker say?" about the held-out voice, "Describe the sound.").
     c.report.chat_examples = 24
     return c
-  common.full_scale_overrides(c)  # shared by both stages; values from the paper unless marked
-  c.total_steps = 8_000  # paper: training steps
-  c.data.batch_size = 256  # paper: global batch size
-  c.eval_data.batch_size = 64
+  # Shared by both stages (SpecAugment LB among them); provenance marks as in configs/common.py.
+  common.full_scale_overrides(c)
+  c.total_steps = 8_000  # unverified: training steps
+  c.data.batch_size = 256  # unverified: global batch size
+  c.eval_data.batch_size = 64  # not from the paper
   c.data.text_buckets = (1024, 2048)
   c.eval_data.text_buckets = (1024, 2048)
-  c.optim.learning_rate = 1e-5  # paper: peak learning rate
-  c.optim.end_learning_rate_ratio = 0.1  # paper: minimum learning rate 1e-6
-  c.optim.warmup_steps = 3000  # paper: warmup steps
-  c.optim.grad_accum_steps = 8  # paper: gradient accumulation
-  c.specaugment.enabled = False
-  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 2  # paper: model parallel size 2
+  c.optim.learning_rate = 1e-5  # unverified: peak learning rate
+  c.optim.end_learning_rate_ratio = 0.1  # unverified: minimum learning rate 1e-6
+  c.optim.warmup_steps = 3000  # unverified: warmup steps
+  c.optim.grad_accum_steps = 8  # unverified: gradient accumulation
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 1, -1, 2  # unverified: model parallel size 2
   c.checkpoint.every_steps = 1000
   c.log_every = 20
   c.eval_every = 1000

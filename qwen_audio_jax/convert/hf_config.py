@@ -214,7 +214,7 @@ def token_ids_from_hf(data: Dict[str, Any], layout: str) -> Dict[str, Any]:
   return {}
 
 
-_TORCH_DTYPE = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+_TORCH_DTYPE = {name: name for name in C.DTYPES}  # torch names them as the model config does
 
 
 def qwen2_hf_dict(llm: C.LLMConfig, dtype: str, token_ids: Optional[Dict[str, Any]] = None,

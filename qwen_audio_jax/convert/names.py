@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from qwen_audio_jax.config import QwenAudioConfig
+from qwen_audio_jax.model.params import path_str
 
 Path = Tuple[str, ...]
 
@@ -311,7 +312,7 @@ def rules_for_tree(rules: Sequence[Rule], expected: Dict[Path, Tuple[int, ...]],
   provide it)."""
   kept = [r for r in rules if all(t in expected for t in r.targets)]
   covered = {t for r in kept for t in r.targets}
-  uncovered = sorted("/".join(p) for p in expected if p not in covered)
+  uncovered = sorted(path_str(p) for p in expected if p not in covered)
   if uncovered and not allow_uncovered:
     raise ValueError(f"no source tensor maps to parameter(s) {uncovered}")
   return kept

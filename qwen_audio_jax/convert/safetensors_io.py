@@ -14,7 +14,7 @@ and holds at most one shard in memory.
 import json
 import os
 import struct
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import ml_dtypes
 import numpy as np
@@ -183,18 +183,6 @@ class SafetensorsReader:
     return data.view(dtype).reshape(shape)
 
 
-def safetensors_dtype_code(dtype) -> str:
-  """The safetensors dtype code of a numpy dtype."""
-  dtype = np.dtype(dtype)
-  for code, d in RAW_FLOAT_DTYPES.items():
-    if d == dtype:
-      return code
-  for code, d in _NUMPY_DTYPES.items():
-    if np.dtype(d) == dtype:
-      return code
-  raise CheckpointError(f"dtype {dtype} cannot be written to safetensors")
-
-
 def parse_size(size) -> int:
   """Bytes of a size given as an int or a string such as '5GB', '500MB', '20KB' (powers of 1000
   as transformers counts them; 'GiB' / 'MiB' / 'KiB' are powers of 1024)."""
@@ -269,13 +257,3 @@ class ShardedWriter:
         json.dump(index, f, indent=2, sort_keys=True)
         f.write("\n")
     return list(self.files)
-
-
-def write_safetensors(out_dir: str, tensors: Iterable[Tuple[str, np.ndarray]],
-                      max_shard_size="5GB") -> List[str]:
-  """Writes (name, array) pairs (all held in memory) in HF's sharded layout."""
-  tensors = list(tensors)
-  writer = ShardedWriter(out_dir, [(n, a.nbytes) for n, a in tensors], parse_size(max_shard_size))
-  for name, array in tensors:
-    writer.add(name, array)
-  return writer.close()

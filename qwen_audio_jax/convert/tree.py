@@ -11,6 +11,7 @@ from flax import traverse_util
 from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.config import QwenAudioConfig
 from qwen_audio_jax.model.encoder import AudioEncoder
+from qwen_audio_jax.model.params import path_str  # noqa: F401  (the convert modules' import)
 from qwen_audio_jax.model.qwen_audio import QwenAudio
 
 Path = Tuple[str, ...]
@@ -46,18 +47,9 @@ def expected_shapes(config: QwenAudioConfig,
   return shapes
 
 
-def model_parts(config: QwenAudioConfig) -> Tuple[str, ...]:
-  """Parameter groups of the whole model of `config`."""
-  return tuple(p for p in PARTS if p != "audio_bos_eos" or config.encoder.audio_bos_eos)
-
-
 def flatten(tree) -> Dict[Path, object]:
   return traverse_util.flatten_dict(tree)
 
 
 def unflatten(flat: Dict[Path, object]):
   return traverse_util.unflatten_dict(flat)
-
-
-def path_str(path: Path) -> str:
-  return "/".join(path)

@@ -12,11 +12,14 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+from qwen_audio_jax.config import DTYPES, REMAT_POLICIES
 
 
-def dtype_of(name: str):
-  return DTYPES[name]
+def dtype_of(name: str) -> jnp.dtype:
+  """The jnp dtype of a model-config dtype name (one of `qwen_audio_jax.config.DTYPES`)."""
+  if name not in DTYPES:
+    raise ValueError(f"dtype {name!r} is not one of {DTYPES}")
+  return jnp.dtype(name)
 
 
 def normal_init(stddev: float, axes: Sequence[Optional[str]]):
@@ -119,7 +122,10 @@ def apply_rotary(x, positions, inv_freq):
 
 
 def remat_policy(name: str):
-  """Maps a policy name of the config to a jax.checkpoint policy (None: no rematerialisation)."""
+  """Maps a policy name of the config (`qwen_audio_jax.config.REMAT_POLICIES`) to a
+  jax.checkpoint policy (None: no rematerialisation)."""
+  if name not in REMAT_POLICIES:
+    raise ValueError(f"remat_policy {name!r} is not one of {REMAT_POLICIES}")
   policies = {
       "none": None,
       "full": jax.checkpoint_policies.nothing_saveable,
@@ -130,8 +136,6 @@ def remat_policy(name: str):
       "minimal": jax.checkpoint_policies.save_only_these_names(
           "query_proj", "key_proj", "value_proj", "attention_out", "mlp_hidden"),
   }
-  if name not in policies:
-    raise ValueError(f"remat_policy {name!r} is not one of {sorted(policies)}")
   return policies[name]
 
 

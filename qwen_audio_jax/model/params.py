@@ -1,6 +1,8 @@
-"""Abstract initialisation: shapes, logical axes and parameter counts without allocating memory."""
+"""Parameter trees: abstract initialisation (shapes, logical axes and parameter counts without
+allocating memory) and the '/'-joined paths that name their leaves everywhere in the project
+(`audio_encoder/blocks/block/query/kernel`: config regexes, checkpoints, error messages)."""
 
-from typing import Dict
+from typing import Any, Dict, Sequence
 
 import flax.linen as nn
 import jax
@@ -10,6 +12,28 @@ import numpy as np
 from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.config import QwenAudioConfig
 from qwen_audio_jax.model.qwen_audio import QwenAudio
+
+SEPARATOR = "/"
+
+
+def path_str(path: Sequence[str]) -> str:
+  """'llm/embed/embedding' for the key tuple ('llm', 'embed', 'embedding')."""
+  return SEPARATOR.join(path)
+
+
+def key_path_str(key_path) -> str:
+  """The '/'-joined form of a jax key path (dict keys, attribute names, sequence indices)."""
+  return jax.tree_util.keystr(tuple(key_path), simple=True, separator=SEPARATOR)
+
+
+def path_tree(tree) -> Any:
+  """`tree` with every leaf replaced by its '/'-joined path."""
+  return jax.tree_util.tree_map_with_path(lambda p, _: key_path_str(p), tree)
+
+
+def flat_paths(tree) -> Dict[str, Any]:
+  """{'/'-joined path: leaf} of any pytree (the string-keyed `flatten_dict(tree, sep='/')`)."""
+  return {key_path_str(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def example_inputs(config: QwenAudioConfig, batch: int = 1, length: int = 8, slots: int = 1):

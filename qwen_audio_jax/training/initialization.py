@@ -15,7 +15,6 @@ back as jax.Arrays already placed with the mesh's shardings.
 """
 
 import dataclasses
-import os
 import typing
 from typing import Any, Dict, List, Tuple
 
@@ -130,29 +129,20 @@ def random_params(model_config, mesh: Mesh, rng: jax.Array) -> Dict:
   return init(rng)
 
 
-def _flat(tree) -> Dict[Tuple[str, ...], Any]:
-  return {tuple(getattr(k, "key", str(k)) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _path(path: Tuple[str, ...]) -> str:
-  return "/".join(path)
-
-
 def _check_against(restored: Dict, expected, where: str, *, complete: bool) -> None:
   """Shapes of `restored` vs the abstract `expected`; `complete`: every leaf must be there."""
-  got, want = _flat(restored), _flat(expected)
+  got, want = params_lib.flat_paths(restored), params_lib.flat_paths(expected)
   for path, leaf in got.items():
     if path not in want:
-      raise ValueError(f"{where}: parameter {_path(path)} is not part of the model config")
+      raise ValueError(f"{where}: parameter {path} is not part of the model config")
     if tuple(leaf.shape) != tuple(want[path].shape):
-      raise ValueError(f"{where}: parameter {_path(path)} has shape {tuple(leaf.shape)}, the "
+      raise ValueError(f"{where}: parameter {path} has shape {tuple(leaf.shape)}, the "
                        f"model config expects {tuple(want[path].shape)}")
   if complete:
     missing = [p for p in want if p not in got]
     if missing:
       raise ValueError(f"{where}: {len(missing)} parameters of the model are missing, first "
-                       f"{_path(missing[0])}")
+                       f"{missing[0]}")
 
 
 def _merge(base: Dict, part: Dict) -> Dict:
@@ -248,10 +238,11 @@ def _initial_params(config, model_config, mesh, rng):
     part = _load_converted(path, model_config, mesh, key)
     _check_against(part, expected, f"config.init.{key}={path!r}", complete=False)
     params = _merge(params, part)
-    restored.update(_flat(part))
-    sources.append(f"{', '.join(sorted(part))} ({len(_flat(part))} arrays) from {path}")
+    part_paths = params_lib.flat_paths(part)
+    restored.update(part_paths)
+    sources.append(f"{', '.join(sorted(part))} ({len(part_paths)} arrays) from {path}")
   if sources:
-    fresh = sorted(_path(p) for p in _flat(params) if p not in restored)
+    fresh = sorted(p for p in params_lib.flat_paths(params) if p not in restored)
     sources.append(f"{len(fresh)} arrays freshly initialised: {', '.join(fresh[:8])}"
                    f"{' ...' if len(fresh) > 8 else ''}")
   else:
@@ -260,12 +251,3 @@ def _initial_params(config, model_config, mesh, rng):
     logging.info("Initial parameters: %s", line)
   return params, sources
 
-
-def describe_missing_paths(config: ml_collections.ConfigDict) -> List[str]:
-  """Messages for init paths that do not exist (used by validation)."""
-  out = []
-  for key in ("checkpoint", "whisper", "llm"):
-    path = config.init[key]
-    if path and "://" not in path and not os.path.exists(path):
-      out.append(f"config.init.{key}={path!r}: no such file or directory")
-  return out

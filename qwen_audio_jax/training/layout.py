@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 from qwen_audio_jax import sharding
 from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.data import batch_spec
-from qwen_audio_jax.training import flops, validation
+from qwen_audio_jax.training import flops, trainable
 
 
 def build_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
@@ -27,17 +27,13 @@ def build_mesh(config: ml_collections.ConfigDict, devices=None) -> Mesh:
   dcn = (m.dcn_data, m.dcn_fsdp, 1)
   if dcn == (1, 1, 1):
     return sharding.make_mesh((m.data, m.fsdp, m.tensor), devices)
-  per_slice = len(devices) // int(np.prod(dcn))
-  ici = [m.data, m.fsdp, m.tensor]
-  if -1 in ici:
-    known = int(np.prod([s for s in ici if s != -1]))
-    ici[ici.index(-1)] = per_slice // known
+  ici = sharding.fill_mesh_shape((m.data, m.fsdp, m.tensor), len(devices) // int(np.prod(dcn)))
   devices = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
   return Mesh(devices, sharding.MESH_AXES)
 
 
 def trained_parts(config: ml_collections.ConfigDict, model_config) -> flops.TrainedParts:
-  paths = validation.trained_paths(config, validation.param_paths(model_config))
+  paths = trainable.trained_paths(config, trainable.param_paths(model_config))
   audio = [p for p in paths if not p.startswith("llm/")]
   return flops.TrainedParts(
       audio=bool(audio),

@@ -16,7 +16,7 @@ from typing import Any, Dict, Tuple
 import jax
 import jax.numpy as jnp
 
-from qwen_audio_jax.training.optimizer import path_tree
+from qwen_audio_jax.model.params import flat_paths, key_path_str
 
 
 def _split(path: str, shape: Tuple[int, ...], stacked: bool) -> Tuple[Tuple[int, ...], int, int]:
@@ -35,12 +35,8 @@ def _is_stacked(path: str) -> bool:
 
 def targets(params, pattern: str) -> Dict[str, Any]:
   """'/'-path -> kernel for every parameter matching `pattern`."""
-  found = {}
   regex = re.compile(pattern)
-  for path, leaf in zip(jax.tree.leaves(path_tree(params)), jax.tree.leaves(params)):
-    if regex.search(path):
-      found[path] = leaf
-  return found
+  return {path: leaf for path, leaf in flat_paths(params).items() if regex.search(path)}
 
 
 def init_lora(config, params, rng) -> Dict[str, Dict[str, jax.Array]]:
@@ -64,7 +60,7 @@ def merge(config, params, factors):
   scale = config.lora.alpha / config.lora.rank
 
   def one(path, kernel):
-    name = "/".join(str(getattr(k, "key", k)) for k in path)
+    name = key_path_str(path)
     if name not in factors:
       return kernel
     a, b = factors[name]["a"], factors[name]["b"]

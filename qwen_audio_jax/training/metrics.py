@@ -109,10 +109,6 @@ class MetricsWriter:
     if self._wandb is not None:
       self._wandb.log(dict(scalars), step=step)
 
-  def write_text(self, step: int, key: str, text: str) -> None:
-    if self.enabled and self._tb is not None:
-      self._tb.add_text(key, text, step)
-
   def eta_seconds(self, step: int, step_seconds: Optional[float] = None) -> float:
     """Remaining steps times the latest step time (or the average since `start_clock`)."""
     if step_seconds is None:

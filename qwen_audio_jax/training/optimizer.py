@@ -2,9 +2,9 @@
 
 Freezing is structural: the optimizer only ever sees the trainable subtree (frozen leaves are
 `None` there), so frozen parameters get no gradient computation, no optimizer state and no
-update — they stay bit-identical. What is trainable is chosen by two regexes over '/'-joined
-parameter paths (`audio_encoder/blocks/block/query/kernel`): `config.trainable` minus
-`config.frozen`. With LoRA (`config.lora.rank > 0`) only the LoRA factors are trained.
+update — they stay bit-identical. What is trainable is read from the config by
+`qwen_audio_jax.training.trainable` (`config.trainable` minus `config.frozen`, or the LoRA
+factors).
 """
 
 import dataclasses
@@ -14,38 +14,12 @@ from typing import Any, Callable
 import jax
 import optax
 
+from qwen_audio_jax.model.params import path_tree
+from qwen_audio_jax.training.layer_decay import encoder_layer_decay
+from qwen_audio_jax.training.trainable import trainable_mask
+
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
 SCHEDULES = ("warmup_cosine", "warmup_linear", "constant")
-
-
-def path_string(path) -> str:
-  """'audio_encoder/conv1/kernel' for a jax key path."""
-  return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
-def path_tree(params) -> Any:
-  """The tree of '/'-joined paths of `params`."""
-  return jax.tree_util.tree_map_with_path(lambda p, _: path_string(p), params)
-
-
-def select(params, pattern: str, exclude: str = "") -> Any:
-  """Bool tree: paths matching `pattern` (re.search) and not matching `exclude`."""
-  keep = re.compile(pattern)
-  drop = re.compile(exclude) if exclude else None
-  return jax.tree.map(lambda p: bool(keep.search(p)) and not (drop and drop.search(p)),
-                      path_tree(params))
-
-
-def trainable_mask(config, params) -> Any:
-  """Which parameters a stage trains (all False with LoRA: the factors are trained instead)."""
-  if config.lora.rank > 0:
-    return jax.tree.map(lambda _: False, params)
-  mask = select(params, config.trainable, config.frozen)
-  if not any(jax.tree.leaves(mask)):
-    raise ValueError(f"config.trainable={config.trainable!r} (minus config.frozen="
-                     f"{config.frozen!r}) matches no parameter; paths look like "
-                     f"{jax.tree.leaves(path_tree(params))[:3]}")
-  return mask
 
 
 def partition(mask, params):
@@ -104,4 +78,9 @@ def make_optimizer(config, params) -> Optimizer:
   else:
     raise ValueError(f"config.optim.name={optim.name!r}: expected one of {OPTIMIZERS}")
   parts = [optax.clip_by_global_norm(optim.grad_clip_norm)] if optim.grad_clip_norm else []
-  return Optimizer(optax.chain(*parts, core), schedule, mask)
+  parts.append(core)
+  # After the core, so it scales each encoder layer's learning rate (weight decay included).
+  layer_decay = encoder_layer_decay(optim.encoder_layer_decay, params)
+  if layer_decay is not None:
+    parts.append(layer_decay)
+  return Optimizer(optax.chain(*parts), schedule, mask)

@@ -24,7 +24,6 @@ One train step:
             so its schedule) does not.
 """
 
-import dataclasses
 from typing import Any, Dict, Tuple
 
 import flax
@@ -34,6 +33,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from qwen_audio_jax.audio import lengths, mel as mel_lib
+from qwen_audio_jax.audio import specaugment as specaugment_lib
 from qwen_audio_jax.audio.specaugment import SpecAugmentConfig, spec_augment
 from qwen_audio_jax.model.llm import output_head
 from qwen_audio_jax.model.qwen_audio import QwenAudio
@@ -105,8 +105,7 @@ def train_state_shardings(abstract_state: TrainState, mesh) -> TrainState:
 
 
 def specaugment_config(config) -> SpecAugmentConfig:
-  fields = {f.name for f in dataclasses.fields(SpecAugmentConfig)}
-  return SpecAugmentConfig(**{k: v for k, v in config.specaugment.items() if k in fields})
+  return specaugment_lib.from_config(config.specaugment.to_dict())
 
 
 def audio_features(batch, n_mels: int, key, augment: SpecAugmentConfig = None):

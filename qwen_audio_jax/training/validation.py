@@ -4,35 +4,32 @@ Every problem found is reported at once, one line each, naming the config key an
 expected, e.g. "config.mesh.fsdp=3: the mesh needs 6 devices, 8 are available".
 """
 
-import dataclasses
 import importlib.util
 import math
+import os
 import re
 from typing import List, Optional
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
 
-from qwen_audio_jax.audio.specaugment import SpecAugmentConfig
+from qwen_audio_jax import sharding
+from qwen_audio_jax.audio import specaugment as specaugment_lib
 from qwen_audio_jax.errors import ConfigError  # pylint: disable=unused-import (re-exported)
 from qwen_audio_jax.data import config as data_config_lib
 from qwen_audio_jax.data.sources import expand_paths
-from qwen_audio_jax.model import params as params_lib
 from qwen_audio_jax.training import initialization, output_vocab
+from qwen_audio_jax.training.optimizer import OPTIMIZERS, SCHEDULES
+from qwen_audio_jax.training.trainable import param_paths, trained_paths
 
 STAGES = ("pretrain", "sft")
-OPTIMIZERS = ("adamw", "adafactor", "sgd")
-SCHEDULES = ("warmup_cosine", "warmup_linear", "constant")
 NONFINITE = ("skip", "halt")
-MESH_ICI = ("data", "fsdp", "tensor")
+MESH_ICI = sharding.MESH_AXES
 MESH_DCN = ("dcn_data", "dcn_fsdp")
 # Larger learning rates move every weight by more than its own scale in one step (no optimizer
 # here normalises them away): a typo, refused before anything runs.
 MAX_LEARNING_RATE = 1.0
-# The data config of each stage (stage 2 trains on dialogues).
-DATA_STAGE = {"pretrain": "pretrain", "sft": "chat"}
 
 
 def _finite(value) -> bool:
@@ -41,36 +38,18 @@ def _finite(value) -> bool:
           and math.isfinite(value))
 
 
-def param_paths(model_config) -> List[str]:
-  """'/'-joined paths of every parameter of the model (abstract, nothing allocated)."""
-  tree = nn.unbox(params_lib.abstract_params(model_config))
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return ["/".join(k.key for k in path) for path, _ in flat]
-
-
-def trained_paths(config: ml_collections.ConfigDict, paths: List[str]) -> List[str]:
-  """Parameters the optimizer updates: trainable minus frozen; with LoRA, the LoRA targets."""
-  if config.lora.rank > 0:
-    return [p for p in paths if re.search(config.lora.target, p)]
-  trainable = re.compile(config.trainable)
-  frozen = re.compile(config.frozen) if config.frozen else None
-  return [p for p in paths if trainable.search(p) and not (frozen and frozen.search(p))]
-
-
 def mesh_shape(config: ml_collections.ConfigDict, device_count: int) -> Optional[dict]:
-  """The resolved mesh sizes (-1 filled), or None when they cannot be resolved."""
-  ici = {a: int(config.mesh[a]) for a in MESH_ICI}
+  """The resolved mesh sizes (-1 filled, DCN sizes multiplied in), or None when they cannot be
+  resolved."""
   dcn = int(np.prod([int(config.mesh[a]) for a in MESH_DCN]))
-  known = int(np.prod([s for s in ici.values() if s != -1])) * dcn
-  if list(ici.values()).count(-1) > 1 or known <= 0 or device_count % known:
+  if dcn <= 0 or device_count % dcn:
     return None
-  for axis, size in ici.items():
-    if size == -1:
-      ici[axis] = device_count // known
-  if int(np.prod(list(ici.values()))) * dcn != device_count:
+  try:
+    ici = sharding.fill_mesh_shape([config.mesh[a] for a in MESH_ICI], device_count // dcn)
+  except ValueError:
     return None
-  return {a: ici[a] * (int(config.mesh[f"dcn_{a}"]) if f"dcn_{a}" in config.mesh else 1)
-          for a in MESH_ICI}
+  return {a: size * (int(config.mesh[f"dcn_{a}"]) if f"dcn_{a}" in config.mesh else 1)
+          for a, size in zip(MESH_ICI, ici)}
 
 
 def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] = None,
@@ -122,6 +101,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
   need(_finite(o.grad_clip_norm) and o.grad_clip_norm >= 0,
        f"config.optim.grad_clip_norm={o.grad_clip_norm}: must be a finite number >= 0 (0 = no "
        "clipping)")
+  need(0.0 < o.encoder_layer_decay <= 1.0,
+       f"config.optim.encoder_layer_decay={o.encoder_layer_decay}: must be in (0, 1] (1 = off)")
   need(o.grad_accum_steps >= 1,
        f"config.optim.grad_accum_steps={o.grad_accum_steps}: must be >= 1")
   regexes_ok = True
@@ -166,7 +147,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
          f"= {shape['data'] * shape['fsdp']} shards)")
 
   if check_paths:
-    problems.extend(initialization.describe_missing_paths(config))
+    problems.extend(_missing_init_paths(config))
   need(not (config.init.checkpoint and (config.init.whisper or config.init.llm)),
        f"config.init.checkpoint={config.init.checkpoint!r}: a complete checkpoint excludes "
        "config.init.whisper / config.init.llm")
@@ -244,13 +225,8 @@ def _check_output_vocab(config, model_config, need) -> None:
 
 
 def _check_specaugment(config, problems) -> None:
-  fields = {f.name for f in dataclasses.fields(SpecAugmentConfig)}
-  given = dict(config.specaugment.to_dict())
-  for key in given:
-    if key not in fields:
-      problems.append(f"config.specaugment.{key}: unknown key; expected one of {sorted(fields)}")
   try:
-    SpecAugmentConfig(**{k: v for k, v in given.items() if k in fields})
+    specaugment_lib.from_config(config.specaugment.to_dict())
   except ValueError as e:
     problems.append(f"config.specaugment: {str(e).replace('SpecAugmentConfig.', '')}")
 
@@ -267,6 +243,7 @@ def _check_mesh(config, device_count, need) -> Optional[dict]:
     if not isinstance(m[axis], int) or m[axis] < 1:
       need(False, f"config.mesh.{axis}={m[axis]!r}: must be a positive int")
       ok = False
+  _check_axis_rules(m.logical_axis_rules, need)
   if not ok:
     return None
   fills = [a for a in MESH_ICI if m[a] == -1]
@@ -282,6 +259,29 @@ def _check_mesh(config, device_count, need) -> Optional[dict]:
          f"{device_count} available devices (the product of the sizes, with -1 filling, must "
          "equal the device count)")
   return shape
+
+
+def _check_axis_rules(rules, need) -> None:
+  """config.mesh.logical_axis_rules: (logical name, mesh axes) pairs covering every name the
+  model uses, each mesh axis one of the mesh's."""
+  key = "config.mesh.logical_axis_rules"
+  pairs = isinstance(rules, (tuple, list)) and all(
+      isinstance(r, (tuple, list)) and len(r) == 2 and isinstance(r[0], str) for r in rules)
+  if not pairs:
+    need(False, f"{key}={rules!r}: expected a sequence of (logical axis name, mesh axes) pairs")
+    return
+  names = [name for name, _ in rules]
+  for name in dict.fromkeys(n for n in names if names.count(n) > 1):
+    need(False, f"{key}: {name!r} appears more than once (only its first entry would be used)")
+  for name, axes in rules:
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    bad = [a for a in axes if a not in MESH_ICI]
+    need(not bad, f"{key}: {name!r} maps to {bad[0] if bad else ''!r}, not a mesh axis; "
+         f"expected None, one of {MESH_ICI} or a tuple of them")
+  missing = [n for n, _ in sharding.LOGICAL_AXIS_RULES if n not in names]
+  need(not missing, f"{key}: no entry for {missing[0] if missing else ''!r} (the model annotates "
+       f"{len(sharding.LOGICAL_AXIS_RULES)} logical axes: "
+       f"{', '.join(n for n, _ in sharding.LOGICAL_AXIS_RULES)})")
 
 
 def _check_data(config, key, model_config, shape, process_count, problems,
@@ -310,3 +310,13 @@ def _check_data(config, key, model_config, shape, process_count, problems,
     if data.batch_size % shards:
       problems.append(f"config.{key}.batch_size={data.batch_size}: not divisible by the mesh's "
                       f"batch shards data x fsdp = {shape['data']} x {shape['fsdp']} = {shards}")
+
+
+def _missing_init_paths(config) -> List[str]:
+  """Messages for local init paths that do not exist (remote URLs are checked when read)."""
+  out = []
+  for key in ("checkpoint", "whisper", "llm"):
+    path = config.init[key]
+    if path and "://" not in path and not os.path.exists(path):
+      out.append(f"config.init.{key}={path!r}: no such file or directory")
+  return out
