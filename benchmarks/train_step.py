@@ -1,24 +1,35 @@
 """Train steps per second: our jitted train step vs a transformers PyTorch Qwen2-Audio step.
 
 Both sides train the whole model (stage-2 style with nothing frozen) on the same small
-Qwen2-Audio-shaped config (default: 4 encoder + 4 LLM layers, width 512) and the same batch
-(default: 4 rows, one 30 s clip each, ~128 text tokens of which the answer half are targets),
-in one run on this machine's CPU, float32 on both sides. One step is forward + backward +
-global-norm clipping + AdamW update:
+Qwen2-Audio-shaped config (default: 4 encoder + 4 LLM layers, width 512) and the same batches
+(default: 4 rows, one clip each, ~128 text tokens of which the answer half are targets), in one
+run on this machine's CPU, float32 on both sides. One step is forward + backward + global-norm
+clipping + AdamW update:
 
   ours          `qwen_audio_jax.training.step.make_train_step`, jitted with the state donated;
+                each batch padded to its audio bucket (`audio.buckets`) and text bucket, the
+                loss projecting only the target positions (`loss.chunk_length`), attention per
+                the model's default ('auto');
   transformers  Qwen2AudioForConditionalGeneration(labels=...) loss, `.backward()`,
-                `clip_grad_norm_`, `torch.optim.AdamW(fused=False)`.
+                `clip_grad_norm_`, `torch.optim.AdamW(fused=False)`; the mel padded to 30 s as
+                its feature extractor does (`feature_attention_mask` marks the valid frames).
 
-Prints the median step time over --iters steps after one warm-up step (compilation is not
-counted), steps/s of each, and the ratio ours / transformers (> 1: we are faster).
+--lengths picks the clips: '30s' (every clip 30 s), 'librispeech' (a LibriSpeech-like
+distribution: gamma-distributed, mean ~12.4 s, most between 2 and 20 s, cut to 1-30 s) or 'demo'
+(uniform over the bundled demo corpus's 0.8-6.6 s). --batches different batches are drawn; after
+one warm-up pass (compilation is not counted) each round runs every batch once on each side,
+ours and transformers alternating batch by batch, so load on a shared machine hits both alike.
+Prints the median per-step time of each side over all rounds and batches, steps/s, the ratio
+transformers / ours (> 1: we are faster) and the load average.
 
-    python benchmarks/train_step.py            # the configuration above (a few minutes)
-    python benchmarks/train_step.py --small    # 1 + 1 layers, width 128, batch 1: smoke run
+    python benchmarks/train_step.py --lengths librispeech      # a few minutes
+    python benchmarks/train_step.py --small                     # 1 + 1 layers, width 128: smoke
 """
 
 import os
+import statistics
 import sys
+import time
 
 import flax.linen as nn
 import jax
@@ -28,17 +39,20 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from forward import configs, make_batch, model_arguments, timed  # noqa: E402  (benchmarks/forward.py)
+from forward import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN, configs, model_arguments  # noqa: E402
 
+from qwen_audio_jax.audio import buckets as audio_buckets  # noqa: E402
 from qwen_audio_jax.audio import lengths  # noqa: E402
+from qwen_audio_jax.data.batching import bucket_for  # noqa: E402
 from qwen_audio_jax.model.params import init_params  # noqa: E402
 from qwen_audio_jax.training import optimizer as optimizer_lib  # noqa: E402
 from qwen_audio_jax.training import step as step_lib  # noqa: E402
 
 LEARNING_RATE, BETAS, EPS, WEIGHT_DECAY, CLIP = 1e-4, (0.9, 0.98), 1e-6, 0.05, 1.0
+TEXT_BUCKETS = (256, 512, 1024)
 
 
-def train_config() -> ml_collections.ConfigDict:
+def train_config(chunk_length: int) -> ml_collections.ConfigDict:
   """The keys the train step reads: full-model AdamW with clipping, no accumulation."""
   return ml_collections.ConfigDict(dict(
       stage="sft", total_steps=1000, trainable=".", frozen="",
@@ -47,50 +61,96 @@ def train_config() -> ml_collections.ConfigDict:
                  weight_decay=WEIGHT_DECAY, weight_decay_exclude=r"/(bias|scale)$",
                  grad_clip_norm=CLIP, grad_accum_steps=1),
       lora=dict(rank=0, alpha=16.0, target=""),
-      loss=dict(z_loss_weight=0.0, chunk_length=0),
+      loss=dict(z_loss_weight=0.0, chunk_length=chunk_length),
       specaugment=dict(enabled=False),
       data=dict(mixture=[("chat", 1.0)])))
 
 
+def clip_lengths(kind: str, count: int, rng) -> np.ndarray:
+  """Clip lengths in samples."""
+  if kind == "30s":
+    seconds = np.full(count, float(lengths.CHUNK_SECONDS))
+  elif kind == "librispeech":
+    seconds = np.clip(rng.gamma(5.0, 12.4 / 5.0, count), 1.0, lengths.CHUNK_SECONDS)
+  elif kind == "demo":
+    seconds = rng.uniform(0.8, 6.6, count)
+  else:
+    raise ValueError(f"--lengths: expected 30s, librispeech or demo, got {kind!r}")
+  return np.minimum((seconds * lengths.SAMPLE_RATE).astype(np.int64), lengths.N_SAMPLES)
+
+
+def make_batches(kind: str, count: int, rows: int, text_tokens: int, vocab: int, seed: int = 0):
+  """Per batch: rows of [bos] prompt <audio> xn </audio> answer, clip lengths, 30 s mel."""
+  rng = np.random.default_rng(seed)
+  out = []
+  for _ in range(count):
+    samples = clip_lengths(kind, rows, rng)
+    spans = [int(lengths.audio_tokens(int(n))) for n in samples]
+    length = max(spans) + text_tokens + 2
+    ids = rng.integers(100, vocab, (rows, length)).astype(np.int32)
+    real = np.zeros((rows, length), bool)
+    target = np.zeros((rows, length), bool)
+    for r, n_audio in enumerate(spans):
+      ids[r, 1], ids[r, 2 + n_audio] = AUDIO_BOS, AUDIO_EOS
+      ids[r, 2:2 + n_audio] = AUDIO_TOKEN
+      end = n_audio + 2 + text_tokens
+      real[r, :end] = True
+      target[r, end - text_tokens // 2:end] = True  # the answer: last half of the text
+    mel = rng.normal(size=(rows, 128, lengths.N_FRAMES)).astype(np.float32)
+    out.append(dict(ids=ids, real=real, target=target, samples=samples, mel=mel))
+  return out
+
+
+def ours_batch(b, text_buckets, audio_bucket_samples):
+  rows, length = b["ids"].shape
+  text_length = bucket_for(length, text_buckets)
+  pad = lambda x: np.pad(x, ((0, 0), (0, text_length - length)))  # noqa: E731
+  bucket = audio_buckets.batch_bucket(b["samples"], audio_bucket_samples)
+  segments = b["real"].astype(np.int32)
+  return {
+      "input_ids": jnp.asarray(pad(b["ids"] * b["real"])),
+      "target_mask": jnp.asarray(pad(b["target"])),
+      "segment_ids": jnp.asarray(pad(segments)),
+      "positions": jnp.asarray(pad(np.cumsum(segments, axis=1) - segments)),
+      "task_ids": jnp.asarray(pad(np.zeros_like(segments))),
+      "audio_mel": jnp.asarray(b["mel"][:, None, :, :bucket // lengths.HOP_LENGTH]),
+      "audio_lengths": jnp.asarray(b["samples"][:, None].astype(np.int32)),
+      "audio_starts": jnp.ones((rows, 1), jnp.int32),
+  }
+
+
 def main():
   parser = model_arguments(__doc__, text_tokens=128, iters=3)
+  parser.add_argument("--lengths", default="librispeech", choices=("30s", "librispeech", "demo"))
+  parser.add_argument("--batches", type=int, default=2, help="different batches per round")
+  parser.add_argument("--chunk", type=int, default=128,
+                      help="our loss.chunk_length (0: full logits, as before)")
+  parser.add_argument("--audio-buckets", default=",".join(
+      f"{s:g}" for s in audio_buckets.DEFAULT_SECONDS), help="ours, seconds ('30': no buckets)")
   parser.add_argument("--small", action="store_true",
-                      help="1 + 1 layers, width 128, batch 1, 1 timed step: a quick smoke run")
+                      help="1 + 1 layers, width 128, batch 1, 1 round: a quick smoke run")
   args = parser.parse_args()
   if args.small:
-    args.layers, args.width, args.batch, args.iters = 1, 128, 1, 1
+    args.layers, args.width, args.batch, args.iters, args.batches = 1, 128, 1, 1, 1
 
   from transformers import Qwen2AudioForConditionalGeneration
   ours_cfg, ref_cfg = configs(args.layers, args.width, args.vocab)
-  ids, mel = make_batch(args.batch, args.text_tokens, args.vocab)
-  rows, length = ids.shape
-  target = np.zeros((rows, length), bool)
-  target[:, length - args.text_tokens // 2:] = True  # the answer: last half of the text
+  batches = make_batches(args.lengths, args.batches, args.batch, args.text_tokens, args.vocab)
+  bucket_samples = audio_buckets.bucket_samples(float(s) for s in args.audio_buckets.split(","))
 
   # ----- ours
-  config = train_config()
+  config = train_config(args.chunk)
   params = jax.jit(lambda: nn.unbox(init_params(ours_cfg, jax.random.key(0))))()
   optimizer = optimizer_lib.make_optimizer(config, params)
   state = step_lib.init_train_state(config, params, jax.random.key(1))
   del params
-  batch = {
-      "input_ids": jnp.asarray(ids), "target_mask": jnp.asarray(target),
-      "segment_ids": jnp.ones((rows, length), jnp.int32),
-      "positions": jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (rows, length)),
-      "task_ids": jnp.zeros((rows, length), jnp.int32),
-      "audio_mel": jnp.asarray(mel[:, None]),
-      "audio_lengths": jnp.full((rows, 1), lengths.N_SAMPLES, jnp.int32),
-      "audio_starts": jnp.ones((rows, 1), jnp.int32),
-  }
+  ours_batches = [ours_batch(b, TEXT_BUCKETS, bucket_samples) for b in batches]
   train_step = jax.jit(step_lib.make_train_step(config, ours_cfg, optimizer), donate_argnums=0)
 
-  def ours_step():
+  def ours_step(i):
     nonlocal state
-    state, metrics = train_step(state, batch)
+    state, metrics = train_step(state, ours_batches[i])
     jax.block_until_ready(metrics)
-
-  ours = timed(ours_step, args.iters) / 1000
-  del state
 
   # ----- reference
   torch.manual_seed(0)
@@ -100,25 +160,45 @@ def main():
   adamw = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=LEARNING_RATE, betas=BETAS, eps=EPS, fused=False)
-  ids_t = torch.from_numpy(ids.astype(np.int64))
-  labels_t = torch.where(torch.from_numpy(target), ids_t, torch.full_like(ids_t, -100))
-  mel_t = torch.from_numpy(mel)
-  mask_t = torch.ones((rows, lengths.N_FRAMES), dtype=torch.long)
+  ref_inputs = []
+  for b in batches:
+    ids_t = torch.from_numpy((b["ids"] * b["real"]).astype(np.int64))
+    labels = torch.where(torch.from_numpy(b["target"]), ids_t, torch.full_like(ids_t, -100))
+    frames = torch.arange(lengths.N_FRAMES)[None] < torch.from_numpy(
+        lengths.mel_frames(b["samples"]))[:, None]
+    ref_inputs.append(dict(input_ids=ids_t, attention_mask=torch.from_numpy(b["real"]).long(),
+                           input_features=torch.from_numpy(b["mel"]),
+                           feature_attention_mask=frames.long(), labels=labels))
 
-  def reference_step():
+  def reference_step(i):
     adamw.zero_grad(set_to_none=True)
-    out = reference(input_ids=ids_t, input_features=mel_t, feature_attention_mask=mask_t,
-                    labels=labels_t)
-    out.loss.backward()
+    reference(**ref_inputs[i]).loss.backward()
     torch.nn.utils.clip_grad_norm_(reference.parameters(), CLIP)
     adamw.step()
 
-  theirs = timed(reference_step, args.iters) / 1000
+  for i in range(len(batches)):  # warm-up: compile every shape, first torch allocations
+    ours_step(i)
+    reference_step(i)
+  ours_times, ref_times = [], []
+  loads = [os.getloadavg()[0]]
+  for _ in range(args.iters):
+    for i in range(len(batches)):
+      for fn, times in ((ours_step, ours_times), (reference_step, ref_times)):
+        start = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - start)
+    loads.append(os.getloadavg()[0])
+  ours, theirs = statistics.median(ours_times), statistics.median(ref_times)
 
+  seconds = np.concatenate([b["samples"] for b in batches]) / lengths.SAMPLE_RATE
+  used = sorted({int(b["audio_mel"].shape[-1]) * lengths.HOP_LENGTH // lengths.SAMPLE_RATE
+                 for b in ours_batches})
   print(f"config: {args.layers}+{args.layers} layers, width {args.width}, vocab {args.vocab}, "
-        f"batch {rows} x 30 s clips, {length} tokens ({int(target.sum())} targets); "
-        f"jax {jax.__version__} on {jax.devices()[0].platform}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), float32")
+        f"{args.batches} batches of {args.batch} rows, clips '{args.lengths}' (mean "
+        f"{seconds.mean():.1f} s, max {seconds.max():.1f} s; our audio buckets {used} s), "
+        f"{args.text_tokens} text tokens per row; jax {jax.__version__} on "
+        f"{jax.devices()[0].platform}, torch {torch.__version__} ({torch.get_num_threads()} "
+        f"threads), float32; load average {min(loads):.1f}-{max(loads):.1f}")
   print(f"train step  ours {1000 * ours:9.1f} ms ({1 / ours:6.3f} steps/s)   "
         f"transformers {1000 * theirs:9.1f} ms ({1 / theirs:6.3f} steps/s)   "
         f"ratio {theirs / ours:5.2f}x")

@@ -43,9 +43,10 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.frozen = r"^audio_encoder/positional_embedding$"
   c.lora = ml_collections.ConfigDict(dict(
       rank=0, alpha=16.0, target=r"^llm/.*/(query|key|value|out)/kernel$"))
-  # chunk_length > 0: logits formed that many positions at a time (memory: one chunk of
-  # [rows, chunk_length, vocab] float32 logits instead of the whole sequence's).
-  c.loss = ml_collections.ConfigDict(dict(z_loss_weight=0.0, chunk_length=0))
+  # chunk_length > 0: logits of the target positions only, that many per row at a time
+  # (memory: one chunk of [rows, chunk_length, vocab] float32 logits; chunks without targets
+  # are skipped). 0: logits of every position at once.
+  c.loss = ml_collections.ConfigDict(dict(z_loss_weight=0.0, chunk_length=128))
   c.nonfinite = "skip"  # 'skip' the update (counted) or 'halt' the run
   c.specaugment = ml_collections.ConfigDict(dict(
       enabled=stage == "pretrain", num_freq_masks=2, max_freq_width=27, num_time_masks=2,
@@ -76,6 +77,7 @@ def demo_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.data.batch_size = 2
   c.eval_data.batch_size = 4
   c.data.text_buckets = (128, 256)
+  c.data.length_group_window = 16  # batches of similar audio and text lengths
   c.eval_data.text_buckets = (128, 256)
   c.log_every = 10
   c.checkpoint.every_steps = 50

@@ -30,6 +30,8 @@ from ml_collections import config_flags
 from qwen_audio_jax import sharding
 from qwen_audio_jax.convert import save_model_config
 from qwen_audio_jax.data import DataPipeline, batch_spec, global_batches, make_global_batch
+from qwen_audio_jax.audio.lengths import HOP_LENGTH
+from qwen_audio_jax.data.global_batch import audio_samples
 from qwen_audio_jax.training import checkpointing, distributed, flops, initialization, validation
 from qwen_audio_jax.training import metrics as metrics_lib
 from qwen_audio_jax.training import optimizer as optimizer_lib
@@ -125,10 +127,11 @@ def batch_shardings(mesh: Mesh, spec: Dict[str, Tuple[Tuple[int, ...], Any]]):
   return {k: sharding.batch_sharding(mesh, len(shape)) for k, (shape, _) in spec.items()}
 
 
-def abstract_batch(data_config, mesh: Mesh, text_length: int):
-  """ShapeDtypeStructs of a global batch of one text bucket."""
+def abstract_batch(data_config, mesh: Mesh, text_length: int, audio_samples: int):
+  """ShapeDtypeStructs of a global batch of one (text bucket, audio bucket) pair."""
   spec = batch_spec(data_config.batch_size, text_length, max_clips=data_config.max_clips_per_row,
-                    features=data_config.features, n_mels=data_config.n_mels)
+                    features=data_config.features, n_mels=data_config.n_mels,
+                    audio_samples=audio_samples)
   shardings = batch_shardings(mesh, spec)
   return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[k])
           for k, (shape, dtype) in spec.items()}
@@ -151,10 +154,13 @@ def log_memory_analysis(name: str, compiled) -> None:
 
 
 class CompiledByShape:
-  """A jitted function compiled ahead of time, once per batch shape (text bucket)."""
+  """A jitted function compiled ahead of time, once per batch shape (text bucket x audio
+  bucket: at most `max_shapes` of them, the product of the data config's bucket counts)."""
 
-  def __init__(self, name: str, jitted, mesh: Mesh, make_args: Callable[[Any], Tuple]):
+  def __init__(self, name: str, jitted, mesh: Mesh, make_args: Callable[[Any], Tuple],
+               max_shapes: int = 0):
     self.name, self.jitted, self.mesh, self.make_args = name, jitted, mesh, make_args
+    self.max_shapes = max_shapes
     self.executables: Dict[Tuple, Any] = {}
     self.compile_seconds = 0.0  # total time spent compiling (kept out of step timings)
 
@@ -166,10 +172,10 @@ class CompiledByShape:
         lowered = self.jitted.lower(*self.make_args(batch))
       compiled = lowered.compile()
       self.compile_seconds += time.time() - start
-      text_length = batch["input_ids"].shape[1]
-      logging.info("Compiled %s for text length %d in %.1f s", self.name, text_length,
-                   time.time() - start)
-      log_memory_analysis(f"{self.name} (text length {text_length})", compiled)
+      what = f"text length {batch['input_ids'].shape[1]}, audio {audio_samples(batch)} samples"
+      logging.info("Compiled %s for %s in %.1f s (shape %d of at most %s)", self.name, what,
+                   time.time() - start, len(self.executables) + 1, self.max_shapes or "?")
+      log_memory_analysis(f"{self.name} ({what})", compiled)
       self.executables[key] = compiled
     return self.executables[key]
 
@@ -269,22 +275,24 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     logging.info("Fresh start: %s", "; ".join(sources))
   step = int(jax.device_get(state.step))
 
-  # Ahead-of-time compilation of the train step (largest text bucket first: the worst case for
-  # memory), then one executable per bucket as batches of other lengths arrive.
+  # Ahead-of-time compilation of the train step (largest text and audio buckets first: the
+  # worst case for memory), then one executable per bucket pair as batches of others arrive.
   replicated = NamedSharding(mesh, PartitionSpec())
   train_jit = jax.jit(
       step_lib.make_train_step(config, model_config, optimizer),
       in_shardings=(state_shardings, None), out_shardings=(state_shardings, replicated),
       donate_argnums=0)
   train_step = CompiledByShape("train_step", train_jit, mesh,
-                               lambda batch: (abstract_state, _abstract(batch)))
-  train_step.compile(abstract_batch(config.data, mesh, max(config.data.text_buckets)))
+                               lambda batch: (abstract_state, _abstract(batch)),
+                               max_shapes=len(train_pipeline.shapes))
+  train_step.compile(abstract_batch(config.data, mesh, *train_pipeline.shapes[-1]))
   eval_step = None
   if eval_pipeline is not None:
     eval_jit = jax.jit(step_lib.make_eval_step(config, model_config),
                        in_shardings=(state_shardings.params, None), out_shardings=replicated)
     eval_step = CompiledByShape("eval_step", eval_jit, mesh,
-                                lambda batch: (abstract_state.params, _abstract(batch)))
+                                lambda batch: (abstract_state.params, _abstract(batch)),
+                                max_shapes=len(eval_pipeline.shapes))
     # With LoRA the factors are merged into their kernels for evaluation.
     merged_params = jax.jit(lambda s: step_lib.eval_params(config, s),
                             out_shardings=state_shardings.params)
@@ -294,11 +302,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
 
   def step_flops(batch) -> float:
     rows, text_length = batch["input_ids"].shape
-    shape = (rows, text_length, batch["audio_lengths"].shape[1])
+    shape = (rows, text_length, batch["audio_lengths"].shape[1], audio_samples(batch))
     if shape not in flops_by_shape:
       flops_by_shape[shape] = flops.step_flops(
           model_config, rows=rows, text_length=text_length, audio_slots=shape[2],
-          trained=parts)["total"]
+          audio_frames=shape[3] // HOP_LENGTH, trained=parts)["total"]
     return flops_by_shape[shape]
 
   log_model_summary(config, model_config, abstract_params, parts)

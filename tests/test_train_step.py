@@ -186,6 +186,24 @@ def test_chunked_loss_equals_full_logits_loss(params, chunk_length):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
+def test_chunked_loss_projects_only_chunks_that_hold_targets(params):
+  """Seven targets per row, chunks of 7: only the first chunk is computed, so hidden states of
+  every other position (NaN here) never reach the loss or its gradients."""
+  batch = make_batch(targets_from=[33, 33, 33, 33])  # positions 32..38 predict targets
+  hidden = jax.random.normal(jax.random.key(4), (4, 40, 96))
+  head = params["llm"]["lm_head"]
+  poisoned = hidden.at[:, :32].set(jnp.nan)
+  full = jax.jit(lambda h, w: loss_lib.loss_sums(project_to_vocab(h, w), batch, 2)["loss_sum"])
+  chunked = jax.jit(
+      lambda h, w: loss_lib.chunked_loss_sums(h, w, batch, 2, 7)["loss_sum"])
+  np.testing.assert_allclose(chunked(poisoned, head), full(hidden, head), rtol=1e-5)
+  (gh, gw), (fh, fw) = jax.grad(chunked, (0, 1))(poisoned, head), jax.grad(full, (0, 1))(
+      hidden, head)
+  np.testing.assert_allclose(gw, fw, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(gh[:, 32:], fh[:, 32:], rtol=1e-4, atol=1e-6)
+  assert not np.asarray(gh[:, :32]).any()
+
+
 def test_train_step_with_chunked_loss_matches_the_full_one(params):
   config = load_config("sft.py")
   config.optim.name, config.optim.grad_clip_norm, config.optim.weight_decay = "sgd", 0.0, 0.0

@@ -158,28 +158,68 @@ def frames_touching_audio(num_samples: int) -> int:
   return min(N_FRAMES, (num_samples + _PAD) // HOP_LENGTH + 2)
 
 
-def log_mel_spectrogram(wave, n_mels: int = 80) -> np.ndarray:
-  """Host log-mel features of one clip [samples] -> [n_mels, 3000] or a batch -> [B, n_mels, 3000].
+def _check_num_frames(num_frames) -> int:
+  if isinstance(num_frames, bool) or not isinstance(num_frames, (int, np.integer)) or not (
+      0 < num_frames <= N_FRAMES):
+    raise ValueError(f"num_frames: expected an int in [1, {N_FRAMES}], got {num_frames!r}")
+  return int(num_frames)
+
+
+def silent_level(mel):
+  """Feature value of a frame that sees only zero padding, per clip of [..., n_mels, frames]
+  features: log10(LOG_FLOOR) floored at (clip max - 8), scaled (equal to within 1 ulp)."""
+  xp = jnp if isinstance(mel, jax.Array) else np
+  floor = (np.log10(np.float32(LOG_FLOOR)) + 4.0) / 4.0
+  return xp.maximum(xp.max(mel, axis=(-2, -1), keepdims=True) - DYNAMIC_RANGE / 4.0, floor)
+
+
+def fit_frames(mel: np.ndarray, num_frames: int) -> np.ndarray:
+  """Host features [..., n_mels, F] cut or extended to `num_frames` frames.
+
+  Extension fills each clip's silent level, so given the frames that touch audio
+  (`frames_touching_audio`, as `ExampleBuilder` keeps them) the result is exactly the first
+  `num_frames` frames of the clip's 30 s features.
+  """
+  frames = mel.shape[-1]
+  if num_frames <= frames:
+    return mel[..., :num_frames]
+  out = np.empty(mel.shape[:-1] + (num_frames,), mel.dtype)
+  out[..., :frames] = mel
+  out[..., frames:] = silent_level(mel)
+  return out
+
+
+def log_mel_spectrogram(wave, n_mels: int = 80, num_frames: int = N_FRAMES) -> np.ndarray:
+  """Host log-mel features of one clip [samples] -> [n_mels, F] or a batch -> [B, n_mels, F].
 
   Each clip is padded / cut to 30 s first (the 30 s rule), so inputs of any length are accepted.
   Matches `transformers.WhisperFeatureExtractor(feature_size=n_mels)` (numpy path) to ~1e-6.
   Samples are taken as float32 first, as every reference does.
+
+  num_frames: F, the first frames of the 30 s features to return (all 3000 by default; an audio
+  bucket's frames, see `audio.buckets`). The per-clip max behind the (max - 8) floor is still
+  that of the whole window, so the values are those of the full features.
   """
   n_mels = _check_n_mels(n_mels)
+  num_frames = _check_num_frames(num_frames)
   wave = _as_waves(wave, "log_mel_spectrogram: wave")
   single = wave.ndim == 1
   waves = audio_io.pad_or_trim(
       wave.astype(np.float32, copy=False).reshape(-1, wave.shape[-1]), N_SAMPLES)
   filters = mel_filters(n_mels).astype(np.float32)
-  # Frames past the clip's samples see only zero padding: their value is known without an FFT.
+  # Frames past the clip's samples see only zero padding: their value is known without an FFT,
+  # and it is the window's minimum, so the max runs over the frames that touch audio alone.
   active = frames_touching_audio(min(wave.shape[-1], N_SAMPLES))
   silent = np.log10(np.maximum(np.zeros((), np.float32), LOG_FLOOR))
-  out = np.empty((waves.shape[0], n_mels, N_FRAMES), np.float32)
+  kept = min(active, num_frames)
+  out = np.empty((waves.shape[0], n_mels, num_frames), np.float32)
   for i, clip in enumerate(waves):
-    mel = filters @ _power_spectrum_host(clip, active).T  # [n_mels, active]
-    out[i, :, :active] = np.log10(np.maximum(mel, LOG_FLOOR))
-    out[i, :, active:] = silent
-  out = _floor_and_scale(out, np)
+    log_mel = np.log10(np.maximum(filters @ _power_spectrum_host(clip, active).T, LOG_FLOOR))
+    floor = max(float(log_mel.max()), float(silent)) - DYNAMIC_RANGE
+    out[i, :, :kept] = np.maximum(log_mel[:, :kept], np.float32(floor))
+    out[i, :, kept:] = max(silent, np.float32(floor))
+  out += 4.0
+  out /= 4.0
   return out[0] if single else out
 
 
@@ -195,24 +235,30 @@ def _dft_basis() -> np.ndarray:
   return basis
 
 
-def _frames_jax(waves: jax.Array) -> jax.Array:
-  """Centred STFT frames [..., N_FRAMES, N_FFT] without a gather.
+def _frames_jax(waves: jax.Array, num_frames: int = N_FRAMES) -> jax.Array:
+  """The first `num_frames` centred STFT frames [..., num_frames, N_FFT] of the 30 s window
+  that starts with `waves` [..., S] (zero beyond), without a gather.
 
   Frame t covers padded samples [160 t, 160 t + 400): hop-sized blocks t, t + 1 and the first
   80 samples of block t + 2, so three shifted slices of a [blocks, 160] reshape and a concat
-  build all frames with contiguous copies only (gathers are slow on TPU).
+  build all frames with contiguous copies only (gathers are slow on TPU). Only the window's last
+  frames reach its right edge (reflect padding); earlier ones see the zeros after the clip.
   """
-  pad = [(0, 0)] * (waves.ndim - 1) + [(_PAD, _PAD)]
-  padded = jnp.pad(waves, pad, mode="reflect")  # [..., N_SAMPLES + N_FFT]
-  n_blocks = N_FRAMES + 2
+  n_blocks = num_frames + 2
   total = n_blocks * HOP_LENGTH
-  tail = [(0, 0)] * (waves.ndim - 1) + [(0, max(0, total - padded.shape[-1]))]
-  padded = jnp.pad(padded, tail)[..., :total]
+  lead = [(0, 0)] * (waves.ndim - 1)
+  left = jnp.flip(waves[..., 1:_PAD + 1], axis=-1)  # reflect padding at the window's start
+  if total - _PAD >= N_SAMPLES:  # the frames reach the window's reflect-padded right edge
+    window = jnp.pad(waves, lead + [(0, N_SAMPLES - waves.shape[-1])])
+    padded = jnp.pad(window, lead + [(_PAD, _PAD)], mode="reflect")
+  else:
+    padded = jnp.concatenate([left, waves], axis=-1)
+  padded = jnp.pad(padded, lead + [(0, max(0, total - padded.shape[-1]))])[..., :total]
   blocks = padded.reshape(*padded.shape[:-1], n_blocks, HOP_LENGTH)
   rest = N_FFT - 2 * HOP_LENGTH
   return jnp.concatenate(
-      [blocks[..., 0:N_FRAMES, :], blocks[..., 1:N_FRAMES + 1, :],
-       blocks[..., 2:N_FRAMES + 2, :rest]], axis=-1)
+      [blocks[..., 0:num_frames, :], blocks[..., 1:num_frames + 1, :],
+       blocks[..., 2:num_frames + 2, :rest]], axis=-1)
 
 
 DFT_METHODS = ("auto", "fft", "matmul")
@@ -238,16 +284,19 @@ def _power_spectrum_jax(frames: jax.Array, dft: str) -> jax.Array:
 
 def log_mel_spectrogram_jax(waves: jax.Array, n_mels: int = 80, *, dft: str = "auto"
                             ) -> jax.Array:
-  """On-device log-mel features: [..., N_SAMPLES] -> [..., n_mels, 3000] float32, jit-able.
+  """On-device log-mel features: [..., S] -> [..., n_mels, S // 160] float32, jit-able.
 
-  Waveforms must already be padded / cut to N_SAMPLES (static shapes inside jit; the data
-  pipeline pads with zeros as `io.pad_or_trim` does). The per-clip max runs over each clip's own
-  [n_mels, 3000] block, so clips in a batch never influence each other.
+  `waves` holds the first S samples of each clip's 30 s window (zero after the clip, as
+  `io.pad_or_trim` pads): S = N_SAMPLES (the whole window) or an audio bucket's length (a
+  multiple of 160 samples, see `audio.buckets`). The result is the first S // 160 frames of the
+  30 s features: the per-clip max behind the (max - 8) floor runs over every frame that touches
+  the S samples (three past the bucket; later frames see only zeros and hold the window's
+  minimum), over each clip's own block, so clips in a batch never influence each other.
 
   `dft` picks how the STFT is computed: "fft" (`jnp.fft.rfft`; fastest and most accurate on CPU
   and GPU), "matmul" (a windowed cos / sin basis at Precision.HIGHEST; on TPU FFTs are slow and
-  the MXU makes the 0.5 GFLOP per clip cheap) or "auto" (matmul on TPU, fft elsewhere), decided
-  at trace time.
+  the MXU makes the 0.5 GFLOP per 30 s clip cheap) or "auto" (matmul on TPU, fft elsewhere),
+  decided at trace time.
 
   Accuracy against the float64 host path: ~1e-5 on speech and noise. Any float32 STFT (this one,
   or the torch path of `WhisperFeatureExtractor`) can differ by ~1e-4 on bins just above the
@@ -258,12 +307,17 @@ def log_mel_spectrogram_jax(waves: jax.Array, n_mels: int = 80, *, dft: str = "a
   n_mels = _check_n_mels(n_mels)
   dft = _resolve_dft(dft)
   waves = jnp.asarray(waves)
-  if waves.ndim < 1 or waves.shape[-1] != N_SAMPLES:
+  samples = waves.shape[-1] if waves.ndim else 0
+  if waves.ndim < 1 or not 0 < samples <= N_SAMPLES or samples % HOP_LENGTH or (
+      samples <= _PAD):
     raise ValueError(
-        f"log_mel_spectrogram_jax: waves: expected shape [..., {N_SAMPLES}] (30 s at 16 kHz, "
-        f"padded or cut beforehand), got {waves.shape}")
-  power = _power_spectrum_jax(_frames_jax(waves.astype(jnp.float32)), dft)
+        f"log_mel_spectrogram_jax: waves: expected shape [..., S] with S a multiple of "
+        f"{HOP_LENGTH} samples, at most {N_SAMPLES} (30 s at 16 kHz; padded beforehand), got "
+        f"{waves.shape}")
+  num_frames = samples // HOP_LENGTH
+  with_max = min(N_FRAMES, frames_touching_audio(samples))  # frames that may hold the max
+  power = _power_spectrum_jax(_frames_jax(waves.astype(jnp.float32), with_max), dft)
   filters = jnp.asarray(mel_filters(n_mels), jnp.float32)
   mel = jnp.einsum("mf,...tf->...mt", filters, power, precision=jax.lax.Precision.HIGHEST)
   log_mel = jnp.log10(jnp.maximum(mel, LOG_FLOOR))
-  return _floor_and_scale(log_mel, jnp)
+  return _floor_and_scale(log_mel, jnp)[..., :num_frames]

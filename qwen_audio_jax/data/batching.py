@@ -1,15 +1,18 @@
 """Rows of examples -> one fixed-shape batch (numpy, one process's share), plus its counts.
 
 The batch format is the contract with the model and the trainer; for B rows, text length S (the
-smallest configured bucket that holds the longest row) and A audio slots per row:
+smallest configured text bucket that holds the longest row), A audio slots per row and audio
+length N samples (the smallest audio bucket that holds every clip of the batch,
+`audio.buckets.audio_bucket_for`; F = N / 160 mel frames):
 
     input_ids      int32   [B, S]   tokens; 0 on padding
     target_mask    bool    [B, S]   True where input_ids[t] is a target predicted from t - 1
     segment_ids    int32   [B, S]   0 = padding, 1..k = the example's index within its row
     positions      int32   [B, S]   restart at 0 for every segment (0 on padding)
     task_ids       int32   [B, S]   index of the token's task in the mixture's task list, -1 on pad
-    audio_mel      float32 [B, A, n_mels, 3000]   (features='mel')
-    audio_wave     float32 [B, A, 480000]         (features='waveform')
+    audio_mel      float32 [B, A, n_mels, F]   (features='mel'): the first F frames of the 30 s
+                                               features (each clip's silent level past its audio)
+    audio_wave     float32 [B, A, N]           (features='waveform'): zero past each clip
     audio_lengths  int32   [B, A]   valid samples of each clip, 0 = empty slot
     audio_starts   int32   [B, A]   token index of the clip's `<audio>` in the row, 0 if empty
 
@@ -22,6 +25,7 @@ from typing import Dict, Sequence, Tuple
 
 import numpy as np
 
+from qwen_audio_jax.audio import buckets as audio_buckets
 from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.data.datasets import Row
 from qwen_audio_jax.data.stats import StatsDelta
@@ -39,9 +43,10 @@ def bucket_for(num_tokens: int, buckets: Sequence[int]) -> int:
   raise ValueError(f"a row of {num_tokens} tokens exceeds the largest text bucket {buckets[-1]}")
 
 
-def batch_spec(rows: int, text_length: int, *, max_clips: int, features: str, n_mels: int
+def batch_spec(rows: int, text_length: int, *, max_clips: int, features: str, n_mels: int,
+               audio_samples: int = lengths.N_SAMPLES
                ) -> Dict[str, Tuple[Tuple[int, ...], np.dtype]]:
-  """key -> (shape, dtype) of a batch (the format above)."""
+  """key -> (shape, dtype) of a batch (the format above) of audio bucket `audio_samples`."""
   spec = {
       "input_ids": ((rows, text_length), np.dtype(np.int32)),
       "target_mask": ((rows, text_length), np.dtype(bool)),
@@ -52,9 +57,10 @@ def batch_spec(rows: int, text_length: int, *, max_clips: int, features: str, n_
       "audio_starts": ((rows, max_clips), np.dtype(np.int32)),
   }
   if features == "mel":
-    spec["audio_mel"] = ((rows, max_clips, n_mels, lengths.N_FRAMES), np.dtype(np.float32))
+    spec["audio_mel"] = ((rows, max_clips, n_mels, audio_samples // lengths.HOP_LENGTH),
+                         np.dtype(np.float32))
   else:
-    spec["audio_wave"] = ((rows, max_clips, lengths.N_SAMPLES), np.dtype(np.float32))
+    spec["audio_wave"] = ((rows, max_clips, audio_samples), np.dtype(np.float32))
   return spec
 
 
@@ -65,13 +71,15 @@ def _shared_zeros(shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
 
 
 def empty_batch(rows: int, text_length: int, *, max_clips: int, features: str, n_mels: int,
-                shared_memory: bool = False) -> Dict[str, np.ndarray]:
+                audio_samples: int = lengths.N_SAMPLES, shared_memory: bool = False
+                ) -> Dict[str, np.ndarray]:
   """A batch of padding rows only (segment ids 0, task ids -1, empty audio slots).
 
   shared_memory: allocate the arrays in shared memory, so that a batch built in a worker process
   reaches the main process without being copied (grain passes such arrays by name).
   """
-  spec = batch_spec(rows, text_length, max_clips=max_clips, features=features, n_mels=n_mels)
+  spec = batch_spec(rows, text_length, max_clips=max_clips, features=features, n_mels=n_mels,
+                    audio_samples=audio_samples)
   zeros = _shared_zeros if shared_memory else np.zeros
   batch = {key: zeros(shape, dtype) for key, (shape, dtype) in spec.items()}
   batch["task_ids"][:] = PAD_TASK_ID
@@ -82,9 +90,12 @@ class BatchBuilder:
   """grain batch_fn: a list of rows -> (batch dict, StatsDelta)."""
 
   def __init__(self, *, rows_per_batch: int, buckets: Sequence[int], max_clips: int,
-               features: str, n_mels: int, keep_first: int = 10):
+               features: str, n_mels: int, keep_first: int = 10,
+               audio_buckets: Sequence[int] = (lengths.N_SAMPLES,)):
+    """buckets: text lengths; audio_buckets: audio lengths in samples (`audio.buckets`)."""
     self.rows_per_batch = rows_per_batch
     self.buckets = tuple(int(b) for b in buckets)
+    self.audio_buckets = tuple(int(b) for b in audio_buckets)
     self.max_clips = max_clips
     self.features = features
     self.n_mels = n_mels
@@ -102,8 +113,11 @@ class BatchBuilder:
     longest = max((sum(x.num_tokens for x in row if isinstance(x, Example)) for row in rows),
                   default=1)
     text_length = bucket_for(max(longest, 1), self.buckets)
+    audio_samples = audio_buckets.batch_bucket(
+        (n for row in rows for x in row if isinstance(x, Example) for n in x.clip_lengths),
+        self.audio_buckets)
     batch = empty_batch(self.rows_per_batch, text_length, max_clips=self.max_clips,
-                        features=self.features, n_mels=self.n_mels,
+                        features=self.features, n_mels=self.n_mels, audio_samples=audio_samples,
                         shared_memory=self.shared_memory)
     audio = batch["audio_mel" if self.features == "mel" else "audio_wave"]
     delta = StatsDelta(self.keep_first)
@@ -128,7 +142,8 @@ class BatchBuilder:
         batch["task_ids"][r, span] = item.task_id
         for clip, num_samples, start in zip(item.clips, item.clip_lengths, item.audio_starts):
           if self.features == "mel":
-            audio[r, slot] = clip
+            from qwen_audio_jax.audio.mel import fit_frames  # pylint: disable=g-import-not-at-top
+            audio[r, slot] = fit_frames(clip, audio.shape[-1])
           else:
             audio[r, slot, :clip.shape[0]] = clip
           batch["audio_lengths"][r, slot] = num_samples

@@ -9,6 +9,7 @@ from typing import Dict, List, Tuple
 
 import ml_collections
 
+from qwen_audio_jax.audio import buckets as audio_buckets
 from qwen_audio_jax.audio import lengths
 
 SOURCES = ("jsonl", "array_record", "tfds")
@@ -17,6 +18,9 @@ TEXT_OVERFLOW = ("truncate", "drop")
 CLIP_OVERFLOW = ("drop", "error")
 LONG_AUDIO = ("skip", "trim")
 STAGES = ("pretrain", "chat")
+
+# Most (text bucket, audio bucket) pairs a config may define: each is a compiled train step.
+MAX_BATCH_SHAPES = 32
 
 DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo")
 
@@ -61,8 +65,8 @@ def get_data_config(stage: str = "pretrain", split: str = "train") -> ml_collect
   c.mixture = demo_mixture(stage, split)
   # Rows per step over all processes; each process builds batch_size / process_count of them.
   c.batch_size = 8
-  # 'mel': the host computes the log-mel (batch key audio_mel [B, A, n_mels, 3000]);
-  # 'waveform': the batch carries 16 kHz audio (audio_wave [B, A, 480000]) and the train step
+  # 'mel': the host computes the log-mel (batch key audio_mel [B, A, n_mels, F]);
+  # 'waveform': the batch carries 16 kHz audio (audio_wave [B, A, N]) and the train step
   # computes the mel on the device.
   c.features = "mel"
   c.n_mels = 80  # 80 (Qwen-Audio, Whisper-large-v2) or 128 (Qwen2-Audio)
@@ -76,6 +80,16 @@ def get_data_config(stage: str = "pretrain", split: str = "train") -> ml_collect
   # span and at least one target token survive (otherwise it is dropped), 'drop' drops it.
   # Both are counted per task.
   c.text_overflow = "truncate"
+  # Audio lengths (seconds) a batch may have: its clips are padded to the smallest bucket that
+  # holds the longest one (N samples, F = N / 160 mel frames), so the encoder's cost follows the
+  # audio (same numbers as 30 s: see qwen_audio_jax/audio/buckets.py). Multiples of 20 ms,
+  # increasing, the last 30. (30.0,) pads every clip to 30 s.
+  c.audio_buckets = audio_buckets.DEFAULT_SECONDS
+  # Length-grouped batching: rows are read this many at a time (after the seeded shuffle),
+  # sorted by (audio bucket, text length), cut into batches, and the batches of the window
+  # emitted in a seeded random order; less padding, same examples. 0 = off (arrival order).
+  # Rounded up to a multiple of the rows per batch; resumable (the window is replayed).
+  c.length_group_window = 0
   # A row with more clips than max_clips_per_row: 'drop' (counted) or 'error' (stop the run).
   c.clip_overflow = "drop"
   # Clips longer than this are bad data ('skip', counted) or cut to it ('trim', counted as
@@ -171,6 +185,16 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
   buckets = tuple(config.text_buckets)
   need(len(buckets) > 0 and all(int(b) > 0 for b in buckets) and list(buckets) == sorted(
       set(buckets)), f"text_buckets must be increasing positive lengths, got {buckets}")
+  try:
+    audio_buckets.bucket_samples(config.audio_buckets, "data config: audio_buckets")
+  except (TypeError, ValueError) as e:
+    raise ValueError(str(e)) from e
+  shapes = len(tuple(config.text_buckets)) * len(tuple(config.audio_buckets))
+  need(shapes <= MAX_BATCH_SHAPES,
+       f"text_buckets x audio_buckets give {shapes} batch shapes, each its own compiled step; "
+       f"at most {MAX_BATCH_SHAPES} are allowed (use fewer buckets)")
+  need(config.length_group_window >= 0,
+       f"length_group_window must be >= 0, got {config.length_group_window}")
   need(config.text_overflow in TEXT_OVERFLOW,
        f"text_overflow must be one of {TEXT_OVERFLOW}, got {config.text_overflow!r}")
   need(config.clip_overflow in CLIP_OVERFLOW,

@@ -2,9 +2,9 @@
 
 Every process builds rows_per_batch = batch_size / process_count rows; the global array stacks
 them in process order along the batch dimension, which is split over ('data', 'fsdp'). The text
-length S of a batch is a bucket chosen from the process's own rows, so before building the global
-arrays the processes agree on the largest S and pad to it (one tiny all-gather per step, skipped
-when there is a single process). A finite stream (evaluation) can end after a different number of
+length S and the audio length N of a batch are buckets chosen from the process's own rows, so
+before building the global arrays the processes agree on the largest S and N and pad to them
+(one tiny all-gather per step, skipped when there is a single process). A finite stream (evaluation) can end after a different number of
 batches on each process; `global_batches` keeps every process stepping, with padding batches,
 until all have run out, so that no process waits forever in a collective.
 """
@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from qwen_audio_jax import sharding
+from qwen_audio_jax.audio.lengths import HOP_LENGTH
 from qwen_audio_jax.data.batching import PAD_TASK_ID, TEXT_KEYS
 
 
@@ -33,14 +34,46 @@ def pad_text_length(batch: Mapping[str, np.ndarray], text_length: int) -> Dict[s
   return out
 
 
+def audio_samples(batch: Mapping[str, np.ndarray]) -> int:
+  """The audio bucket of a batch in samples (0 without audio)."""
+  if "audio_wave" in batch:
+    return int(batch["audio_wave"].shape[-1])
+  if "audio_mel" in batch:
+    return int(batch["audio_mel"].shape[-1]) * HOP_LENGTH
+  return 0
+
+
+def pad_audio_length(batch: Mapping[str, np.ndarray], samples: int) -> Dict[str, np.ndarray]:
+  """The batch with its audio padded to the bucket of `samples` samples: zeros after the
+  waveforms, each clip's silent level after its mel frames (empty slots stay zero)."""
+  current = audio_samples(batch)
+  if samples < current:
+    raise ValueError(f"cannot pad a batch of {current} audio samples down to {samples}")
+  out = dict(batch)
+  if samples == current:
+    return out
+  if "audio_wave" in batch:
+    wave = batch["audio_wave"]
+    out["audio_wave"] = np.pad(wave, [(0, 0)] * (wave.ndim - 1) + [(0, samples - current)])
+  else:
+    from qwen_audio_jax.audio.mel import fit_frames  # pylint: disable=g-import-not-at-top
+    used = (np.asarray(batch["audio_lengths"]) > 0)[..., None, None]
+    out["audio_mel"] = np.where(used, fit_frames(np.asarray(batch["audio_mel"]),
+                                                 samples // HOP_LENGTH), 0).astype(np.float32)
+  return out
+
+
 def agree_on_text_length(batch: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-  """Pads every process's batch to the largest text length among the processes."""
+  """Pads every process's batch to the largest text length and audio bucket among the
+  processes."""
   if jax.process_count() == 1:
     return dict(batch)
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  lengths = multihost_utils.process_allgather(np.asarray([batch["input_ids"].shape[1]],
-                                                         np.int32))
-  return pad_text_length(batch, int(np.max(lengths)))
+  shapes = multihost_utils.process_allgather(
+      np.asarray([batch["input_ids"].shape[1], audio_samples(batch)], np.int32))
+  shapes = np.asarray(shapes).reshape(-1, 2)
+  batch = pad_text_length(batch, int(np.max(shapes[:, 0])))
+  return pad_audio_length(batch, int(np.max(shapes[:, 1])))
 
 
 def make_global_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> Dict[str, jax.Array]:

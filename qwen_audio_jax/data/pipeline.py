@@ -8,22 +8,26 @@ Per task of the mixture (all inside grain, so worker processes run everything bu
     rules) -> rejection accounting
 
 then: weighted mixture of the tasks (grain's deterministic interleave by weight; evaluation
-chains the tasks instead) -> packing or one example per row -> fixed-shape batches ->
+chains the tasks instead) -> packing or one example per row -> length grouping (optional:
+similar lengths share a batch, `length_grouping.py`) -> fixed-shape batches (padded to a text
+and an audio bucket) ->
 worker processes with prefetch. The main process sums the counts that ride along the batches
 (`DataStats`) and stops the run past the bad-data limit. The order of batches depends only on
 the config (seed included), the worker count and the process index / count.
 """
 
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import grain
 import ml_collections
 import numpy as np
 
+from qwen_audio_jax.audio import buckets as audio_buckets
 from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.data import config as config_lib
 from qwen_audio_jax.data import batching, datasets
+from qwen_audio_jax.data.length_grouping import LengthGroupIterDataset
 from qwen_audio_jax.data.sources import ArrayRecordSource, JsonlSource, expand_paths
 from qwen_audio_jax.data.stats import DataStats, StatsDelta
 from qwen_audio_jax.data.transforms import ExampleBuilder, load_tokenizer
@@ -133,6 +137,17 @@ class DataPipeline:
                      keep_first=self.config.bad_examples_to_report)
 
   @property
+  def audio_buckets(self) -> tuple:
+    """The audio buckets in samples."""
+    return audio_buckets.bucket_samples(self.config.audio_buckets)
+
+  @property
+  def shapes(self) -> List[Tuple[int, int]]:
+    """Every (text length, audio samples) a batch can have, smallest first: the executables a
+    train step compiles (at most, one per pair that occurs)."""
+    return [(int(t), a) for t in self.config.text_buckets for a in self.audio_buckets]
+
+  @property
   def max_tokens(self) -> int:
     return int(max(self.config.text_buckets))
 
@@ -177,10 +192,14 @@ class DataPipeline:
                                       max_clips=c.max_clips_per_row, num_bins=c.pack_bins)
     else:
       rows = examples.map(datasets.single_row)
+    if c.length_group_window:
+      rows = LengthGroupIterDataset(rows, window=c.length_group_window,
+                                    rows_per_batch=self.rows_per_batch,
+                                    buckets=self.audio_buckets, seed=c.seed)
     batch_fn = batching.BatchBuilder(
         rows_per_batch=self.rows_per_batch, buckets=c.text_buckets,
         max_clips=c.max_clips_per_row, features=c.features, n_mels=c.n_mels,
-        keep_first=c.bad_examples_to_report)
+        keep_first=c.bad_examples_to_report, audio_buckets=self.audio_buckets)
     batches = rows.batch(self.rows_per_batch, drop_remainder=False, batch_fn=batch_fn)
     if c.worker_count > 0:
       _allow_unparsed_absl_flags()
@@ -195,7 +214,7 @@ class DataPipeline:
     c = self.config
     return batching.empty_batch(self.rows_per_batch, int(min(c.text_buckets)),
                                 max_clips=c.max_clips_per_row, features=c.features,
-                                n_mels=c.n_mels)
+                                n_mels=c.n_mels, audio_samples=self.audio_buckets[0])
 
   def iterator(self) -> DataIterator:
     """A fresh iterator over this process's batches."""

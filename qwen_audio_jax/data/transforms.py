@@ -30,7 +30,8 @@ class Example:
   task_id: int
   input_ids: np.ndarray  # int32 [n]
   target_mask: np.ndarray  # bool [n]: True where input_ids[t] is predicted from position t-1
-  clips: List[np.ndarray]  # per clip: log-mel float32 [n_mels, 3000] or waveform float32 [L]
+  # per clip: log-mel float32 [n_mels, F] of the frames that touch audio, or waveform float32 [L]
+  clips: List[np.ndarray]
   clip_lengths: np.ndarray  # int32 [c]: valid samples of each clip
   audio_starts: np.ndarray  # int32 [c]: index of each clip's `<audio>` token
   origin: str
@@ -258,4 +259,7 @@ class ExampleBuilder:
     if self.features == "waveform":
       return wave
     from qwen_audio_jax.audio import mel  # pylint: disable=g-import-not-at-top
-    return mel.log_mel_spectrogram(wave, n_mels=self.n_mels)  # pads / cuts to 30 s itself
+    # The frames that touch the audio; every later frame of the 30 s features holds the clip's
+    # silent level, filled in when the batch is padded to its audio bucket (`mel.fit_frames`).
+    frames = min(lengths.N_FRAMES, mel.frames_touching_audio(wave.shape[0]))
+    return mel.log_mel_spectrogram(wave, n_mels=self.n_mels, num_frames=frames)

@@ -1,25 +1,92 @@
 """Scaled dot-product attention behind one interface.
 
 `attend` takes queries [B, T, H, D] and keys / values [B, S, K, D] with K dividing H (grouped
-KV heads) and a boolean mask [B, 1, T, S] (True = may attend). Implementations:
+KV heads) and the mask as a `MaskInfo` (segment ids and indices; True = may attend: same non-zero
+segment and, when causal, key index <= query index) or a dense boolean [B, 1, T, S].
+Implementations:
 - 'xla' / 'cudnn': `jax.nn.dot_product_attention` (on GPUs 'cudnn' is flash attention);
-- 'plain': explicit einsums with the softmax in float32, the easiest path to read and debug.
+- 'plain': explicit einsums with the softmax in float32, the easiest path to read and debug;
+- 'flash': blockwise attention with an online softmax and its own backward pass, O(T) memory
+  on every platform (`flash_attention.py`; needs a `MaskInfo`);
+- 'auto': the fastest of these measured on the platform (`resolve_impl`).
 Rows whose mask is all False (padding queries) produce zeros rather than NaNs.
 """
 
+from typing import Union
+
+import flax
 import jax
 import jax.numpy as jnp
+
+from qwen_audio_jax.model.flash_attention import flash_attention
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-def attend(query, key, value, mask, *, impl: str = "xla", scale=None):
+@flax.struct.dataclass
+class MaskInfo:
+  """Who attends whom, without the [B, T, S] mask: segment ids [B, T] / [B, S] (0 = attends
+  nothing / is never attended) and, for a causal mask, query and key indices."""
+  q_segments: jax.Array
+  kv_segments: jax.Array
+  q_index: jax.Array
+  kv_index: jax.Array
+  causal: bool = flax.struct.field(pytree_node=False, default=False)
+
+  def dense(self) -> jax.Array:
+    """The [B, 1, T, S] boolean mask."""
+    same = ((self.q_segments[:, :, None] == self.kv_segments[:, None, :])
+            & (self.q_segments[:, :, None] != 0))
+    if self.causal:
+      same &= self.kv_index[:, None, :] <= self.q_index[:, :, None]
+    return same[:, None]
+
+
+def causal_segment_mask(q_segments, kv_segments, q_positions_idx, kv_positions_idx) -> MaskInfo:
+  """Causal attention within equal non-zero segments (packed rows, the KV cache)."""
+  return MaskInfo(q_segments, kv_segments, q_positions_idx, kv_positions_idx, causal=True)
+
+
+def key_padding_mask(keys_valid: jax.Array, q_len: int) -> MaskInfo:
+  """Bidirectional attention to the valid keys ([B, S] bool) from every one of q_len queries."""
+  batch, length = keys_valid.shape
+  zeros = jnp.zeros((batch, length), jnp.int32)
+  return MaskInfo(jnp.ones((batch, q_len), jnp.int32), keys_valid.astype(jnp.int32),
+                  jnp.zeros((batch, q_len), jnp.int32), zeros, causal=False)
+
+
+def resolve_impl(impl: str, dtype=jnp.float32) -> str:
+  """'auto' -> the fastest implementation for this platform and compute dtype (trace time).
+
+  CPU: 'flash' (measured: benchmarks/attention.py); GPU: 'cudnn' (the fused flash kernel) for
+  16-bit inputs, which it requires, else 'xla'; elsewhere (TPU): 'xla' (not measured here).
+  """
+  if impl != "auto":
+    return impl
+  backend = jax.default_backend()
+  if backend == "cpu":
+    return "flash"
+  if backend in ("gpu", "cuda") and jnp.dtype(dtype).itemsize == 2:
+    return "cudnn"
+  return "xla"
+
+
+def attend(query, key, value, mask: Union[MaskInfo, jax.Array], *, impl: str = "xla",
+           scale=None):
   """Attention output [B, T, H, D]; `scale` defaults to 1 / sqrt(D)."""
   batch, q_len, heads, head_dim = query.shape
   kv_heads = key.shape[2]
   if heads % kv_heads:
     raise ValueError(f"query heads ({heads}) must be a multiple of key/value heads ({kv_heads})")
   scale = head_dim ** -0.5 if scale is None else scale
+  impl = resolve_impl(impl, query.dtype)
+  if impl == "flash":
+    if not isinstance(mask, MaskInfo):
+      raise ValueError("attention impl 'flash' needs a MaskInfo (segment ids), not a dense mask")
+    return flash_attention(query, key, value, mask.q_segments, mask.kv_segments, mask.q_index,
+                           mask.kv_index, causal=mask.causal, scale=scale)
+  if isinstance(mask, MaskInfo):
+    mask = mask.dense()
   any_key = jnp.any(mask, axis=-1, keepdims=True)  # [B, 1, T, 1]
   if impl in ("xla", "cudnn"):
     out = jax.nn.dot_product_attention(
@@ -32,19 +99,7 @@ def attend(query, key, value, mask, *, impl: str = "xla", scale=None):
     probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, value).reshape(batch, q_len, heads, head_dim)
   else:
-    raise ValueError(f"attention impl {impl!r} is not one of 'xla', 'cudnn', 'plain'")
+    raise ValueError(f"attention impl {impl!r} is not one of 'xla', 'cudnn', 'plain', 'flash', "
+                     "'auto'")
   # [B,1,T,1] -> [B,T,1,1]: zero the outputs of queries that may attend to nothing.
   return jnp.where(jnp.swapaxes(any_key, 1, 2), out, 0).astype(query.dtype)
-
-
-def causal_segment_mask(q_segments, kv_segments, q_positions_idx, kv_positions_idx):
-  """[B, 1, T, S] mask: same non-zero segment and key index <= query index."""
-  same = (q_segments[:, :, None] == kv_segments[:, None, :]) & (q_segments[:, :, None] != 0)
-  causal = kv_positions_idx[:, None, :] <= q_positions_idx[:, :, None]
-  return (same & causal)[:, None]
-
-
-def padding_mask(valid_lengths, length):
-  """[B, 1, length, length] bidirectional mask: keys beyond each row's valid length hidden."""
-  keys_valid = jnp.arange(length)[None, :] < valid_lengths[:, None]
-  return jnp.broadcast_to(keys_valid[:, None, None, :], (keys_valid.shape[0], 1, length, length))

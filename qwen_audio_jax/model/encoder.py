@@ -1,6 +1,6 @@
 """The audio encoder: Whisper's encoder as Qwen-Audio uses it.
 
-log-mel [N, n_mels, 3000] -> conv1 + GELU -> conv2 (stride 2) + GELU -> + sinusoidal positions
+log-mel [N, n_mels, F] (F <= 3000: 30 s or an audio bucket) -> conv1 + GELU -> conv2 (stride 2) + GELU -> + sinusoidal positions
 -> pre-LN transformer blocks (frames beyond a clip's valid length are masked out of the attention
 keys) -> average pool (stride 2: one frame per 40 ms) -> ln_post -> projection to the LLM width.
 Qwen-Audio also learns two embeddings (audio-bos, audio-eos) that frame each clip in the LLM
@@ -116,7 +116,7 @@ class AudioEncoder(nn.Module):
     # Keys beyond a clip's valid frames are hidden; an empty slot keeps one key so no row is
     # fully masked (its output is never used).
     keys = frame_valid | (jnp.arange(n_out)[None, :] == 0)
-    mask = jnp.broadcast_to(keys[:, None, None, :], (n_clips, 1, n_out, n_out))
+    mask = attention.key_padding_mask(keys, n_out)
     x = LayerStack(EncoderBlock, cfg.depth, self.config.scan_layers, self.config.remat_policy,
                    {"config": self.config}, name="blocks")(x, mask)
 

@@ -77,16 +77,17 @@ def llm_weight_entries(config: QwenAudioConfig) -> int:
 
 
 def step_flops(config: QwenAudioConfig, *, rows: int, text_length: int, audio_slots: int,
-               trained: TrainedParts) -> Dict[str, float]:
-  """Model FLOPs of one step on a [rows, text_length] batch with `audio_slots` clips per row."""
+               trained: TrainedParts, audio_frames: int = lengths.N_FRAMES) -> Dict[str, float]:
+  """Model FLOPs of one step on a [rows, text_length] batch with `audio_slots` clips per row of
+  `audio_frames` mel frames (the batch's audio bucket)."""
   l, e = config.llm, config.encoder
   llm_grads = trained.llm or trained.audio
   llm_weight = (1 + int(llm_grads) + int(trained.llm)) * 2 * llm_weight_entries(config)
   llm = rows * text_length * llm_weight
   llm += rows * l.depth * (1 + 2 * int(llm_grads)) * 4 * text_length**2 * l.heads * l.head_dim
 
-  frames = lengths.N_FRAMES
-  positions = lengths.N_ENCODER_FRAMES
+  frames = audio_frames
+  positions = lengths.encoder_frames_from_mel(frames)
   pooled = positions // 2 if e.avg_pool else positions
   body_factor = 1 + int(trained.encoder_body) * 2
   body = (2 * 3 * e.n_mels * e.width * frames + 2 * 3 * e.width**2 * positions

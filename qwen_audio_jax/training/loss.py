@@ -9,10 +9,15 @@ z-loss (PaLM, Chowdhery et al. 2022): z_loss_weight * log(Z)^2 per target token,
 softmax normaliser near 1 and the logits from drifting in bf16.
 
 Chunked form (`chunked_loss_sums`): with Qwen's 152k-156k vocabulary the float32 logits of one
-2048-token row take 1.2 GiB, and their gradient as much again. Given the final hidden states and
-the output head, the positions are projected to the vocabulary `chunk_length` at a time inside a
-rematerialised scan, so only one chunk's logits ever exist, in the forward and in the backward
-pass. The sums are the same as from full logits (up to float summation order).
+2048-token row take 1.2 GiB, and their gradient as much again, and projecting every position
+costs 2 x width x vocab FLOPs each although the loss reads only the target positions (a third of
+a demo step went to the logits of prompts, audio spans and padding). Given the final hidden
+states and the output head, each row's target positions are first gathered to the front of the
+row (a stable sort, static shapes), then projected to the vocabulary `chunk_length` positions at
+a time inside a rematerialised scan whose chunks past the batch's longest run of targets are
+skipped (`lax.cond`, in the forward and the backward pass). Only one chunk's logits ever exist,
+and only chunks that hold a target are computed. The sums are the same as from full logits (up
+to float summation order).
 """
 
 from typing import Dict
@@ -61,14 +66,20 @@ def loss_sums(logits: jax.Array, batch: Dict[str, jax.Array], num_tasks: int
 def chunked_loss_sums(hidden: jax.Array, head: jax.Array, batch: Dict[str, jax.Array],
                       num_tasks: int, chunk_length: int) -> Dict[str, jax.Array]:
   """`loss_sums` from final-normed hidden states [B, T, W] and the output head [W, V], computing
-  the logits of `chunk_length` positions at a time (see the module docstring)."""
+  the logits of the target positions only, `chunk_length` per row at a time (see the module
+  docstring). Rows stay where they are (a batch sharded over devices keeps its sharding)."""
   labels, valid, task_ids = _predictions(batch)
   hidden = hidden[:, :-1]
   rows, positions = labels.shape
+  chunk_length = min(chunk_length, positions)
   chunks = -(-positions // chunk_length)
   pad = chunks * chunk_length - positions
+  # Each row's targets first, in order; the rest (never read: weight 0) after them.
+  order = jnp.argsort(jnp.logical_not(valid).astype(jnp.int32), axis=1, stable=True)
+  longest = jnp.max(jnp.sum(valid.astype(jnp.int32), axis=1))
 
-  def split(x):  # [B, P, ...] -> [chunks, B, chunk_length, ...]; padding positions are invalid
+  def split(x):  # [B, P, ...] -> targets first -> [chunks, B, chunk_length, ...]
+    x = jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
     x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
     x = x.reshape((rows, chunks, chunk_length) + x.shape[2:])
     return jnp.swapaxes(x, 0, 1)
@@ -77,12 +88,17 @@ def chunked_loss_sums(hidden: jax.Array, head: jax.Array, batch: Dict[str, jax.A
   def chunk_sums(h, y, v, t):
     return _sums(project_to_vocab(h, head), y, v, t, num_tasks)
 
-  def body(totals, chunk):
-    return jax.tree.map(jnp.add, totals, chunk_sums(*chunk)), None
-
   inputs = tuple(split(x) for x in (hidden, labels, valid, task_ids))
   shapes = jax.eval_shape(chunk_sums, *(jax.ShapeDtypeStruct(x.shape[1:], x.dtype)
                                         for x in inputs))
   zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-  totals, _ = jax.lax.scan(body, zero, inputs)
+
+  def body(totals, chunk):
+    index, args = chunk
+    # A chunk past every row's targets holds none: skipped, its sums are zero.
+    sums = jax.lax.cond(index * chunk_length < longest, lambda a: chunk_sums(*a),
+                        lambda a: zero, args)
+    return jax.tree.map(jnp.add, totals, sums), None
+
+  totals, _ = jax.lax.scan(body, zero, (jnp.arange(chunks), inputs))
   return totals

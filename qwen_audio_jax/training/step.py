@@ -121,6 +121,19 @@ def audio_features(batch, n_mels: int, key, augment: SpecAugmentConfig = None):
   return mel
 
 
+def padding_fractions(batch) -> Dict[str, jax.Array]:
+  """Shares of the batch that are padding: text positions (segment 0) and audio samples (past
+  each clip, and empty slots) of the batch's audio bucket."""
+  out = {"text_padding": jnp.mean((batch["segment_ids"] == 0).astype(jnp.float32))}
+  audio = batch.get("audio_wave", batch.get("audio_mel"))
+  if audio is not None:
+    samples = audio.shape[-1] * (1 if "audio_wave" in batch else lengths.HOP_LENGTH)
+    used = jnp.sum(batch["audio_lengths"].astype(jnp.float32)) / (
+        samples * batch["audio_lengths"].size)
+    out["audio_padding"] = 1.0 - used
+  return out
+
+
 def _loss_sums(model, params, batch, mel, *, train: bool, num_tasks: int, chunk_length: int):
   """Forward pass and loss sums; with `chunk_length` > 0 the full logits are never formed."""
   audio = {}
@@ -231,6 +244,7 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
         "target_tokens": sums["target_tokens"],
         "tokens": jnp.sum((batch["segment_ids"] != 0).astype(jnp.float32)),
         "audio_seconds": jnp.sum(batch["audio_lengths"]).astype(jnp.float32) / lengths.SAMPLE_RATE,
+        **padding_fractions(batch),
         "nonfinite": 1.0 - finite.astype(jnp.float32),
         "task_loss": sums["task_loss_sum"] / task_tokens,
         "task_accuracy": sums["task_correct"] / task_tokens,

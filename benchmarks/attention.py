@@ -1,0 +1,89 @@
+"""Attention implementations against each other: forward + backward time of one attention call.
+
+    python benchmarks/attention.py [--shape encoder|llm] [--iters 5] [--blocks 128,256,512]
+
+'encoder': 4 clips x 8 heads x 1,500 frames x 64 (a 30 s clip at Whisper-base width), key
+padding (the clips' valid frames 1500, 1000, 500, 250); 'llm': 4 rows x 8 heads (2 KV heads)
+x 1,024 tokens x 64, causal within two packed segments per row. float32. Every implementation
+runs in the same process, interleaved round by round; prints the median milliseconds of each and
+its ratio to 'xla' (> 1: faster than xla), and the largest difference of its output and
+gradients from 'plain'.
+"""
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from qwen_audio_jax.model import attention
+from qwen_audio_jax.model.flash_attention import flash_attention
+
+
+def inputs(shape: str):
+  keys = jax.random.split(jax.random.key(0), 4)
+  if shape == "encoder":
+    batch, length, heads, kv_heads = 4, 1500, 8, 8
+    valid = jnp.arange(length)[None] < jnp.asarray([[1500], [1000], [500], [250]])
+    mask = attention.key_padding_mask(valid, length)
+  else:
+    batch, length, heads, kv_heads = 4, 1024, 8, 2
+    segments = jnp.where(jnp.arange(length)[None] < jnp.asarray([[700], [512], [300], [1024]]),
+                         1, 2).astype(jnp.int32)
+    index = jnp.broadcast_to(jnp.arange(length), (batch, length))
+    mask = attention.causal_segment_mask(segments, segments, index, index)
+  q = jax.random.normal(keys[0], (batch, length, heads, 64))
+  k = jax.random.normal(keys[1], (batch, length, kv_heads, 64))
+  v = jax.random.normal(keys[2], (batch, length, kv_heads, 64))
+  return (q, k, v), mask
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--shape", choices=("encoder", "llm"), default="encoder")
+  parser.add_argument("--iters", type=int, default=5)
+  parser.add_argument("--blocks", default="128,256,512", help="flash key-block sizes")
+  args = parser.parse_args(argv)
+  (q, k, v), mask = inputs(args.shape)
+  probe = jnp.cos(jnp.arange(q.shape[-1], dtype=jnp.float32))
+
+  def fwd_bwd(fn):
+    loss = lambda q, k, v: jnp.sum(fn(q, k, v) * probe)  # noqa: E731
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+
+  impls = {name: fwd_bwd(functools.partial(attention.attend, mask=mask, impl=name))
+           for name in ("xla", "plain")}
+  for block in (int(b) for b in args.blocks.split(",")):
+    impls[f"flash/{block}"] = fwd_bwd(functools.partial(
+        flash_attention, q_segments=mask.q_segments, kv_segments=mask.kv_segments,
+        q_index=mask.q_index, kv_index=mask.kv_index, causal=mask.causal,
+        scale=q.shape[-1] ** -0.5, block_k=block))
+  results = {name: jax.block_until_ready(fn(q, k, v)) for name, fn in impls.items()}  # compile
+  times = {name: [] for name in impls}
+  for _ in range(args.iters):
+    for name, fn in impls.items():
+      start = time.perf_counter()
+      jax.block_until_ready(fn(q, k, v))
+      times[name].append(time.perf_counter() - start)
+  load = os.getloadavg()[0]
+  print(f"attention fwd+bwd, {args.shape} shape q {tuple(q.shape)} k {tuple(k.shape)}, float32, "
+        f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores, "
+        f"load average {load:.1f}; median of {args.iters} interleaved rounds")
+  reference = results["plain"]
+  xla = statistics.median(times["xla"])
+  for name in impls:
+    ms = 1000 * statistics.median(times[name])
+    error = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                for a, b in zip(jax.tree.leaves(results[name]), jax.tree.leaves(reference)))
+    print(f"  {name:12s} {ms:9.1f} ms   ratio to xla {1000 * xla / ms:5.2f}x   "
+          f"max |diff| vs plain {error:.1e}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
