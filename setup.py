@@ -39,9 +39,14 @@ setup(
             "hypothesis>=6.170.0",
             "transformers>=5.24.0",
             "torch==2.13.0",
+            # make_sft's LLM path (tested against a loopback server)
+            "openai>=3.57.0",
+            "jsonschema>=4.26.0",
         ],
         # TFDS mixture entries (source='tfds'); datasets with tfds.features.Audio also need
         # tensorflow.
         "tfds": ["tensorflow-datasets>=4.9.10"],
+        # LLM-written dialogues in `python -m qwen_audio_jax.data.make_sft --llm`.
+        "sft": ["openai>=3.57.0", "jsonschema>=4.26.0"],
     },
 )

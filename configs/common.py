@@ -78,6 +78,8 @@ def demo_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.eval_data.batch_size = 4
   c.data.text_buckets = (128, 256)
   c.data.length_group_window = 16  # batches of similar audio and text lengths
+  # Every demo clip (0.8-6.6 s) fits a 7 s bucket: one compiled step per text bucket.
+  c.data.audio_buckets = c.eval_data.audio_buckets = (7.0, 30.0)
   c.eval_data.text_buckets = (128, 256)
   c.log_every = 10
   c.checkpoint.every_steps = 50

@@ -180,9 +180,10 @@ def _inputs(config, batch=1, length=8):
 def test_forward_flops_match_xla_cost_analysis():
   """Frozen everything (forward only): our count vs XLA's, within 10% (XLA adds elementwise).
 
-  Layers unrolled: XLA's cost analysis counts a scanned loop's body once.
+  Layers unrolled and attention through XLA's fused call: XLA's cost analysis counts a loop's
+  body once (a scan over layers, or over the key blocks of the flash attention).
   """
-  config = get_preset("tiny", scan_layers=False)
+  config = get_preset("tiny", scan_layers=False, attention_impl="xla")
   model = QwenAudio(config)
   params = model.init(jax.random.key(0), **_inputs(config))["params"]
   inputs = _inputs(config, batch=2, length=64)
