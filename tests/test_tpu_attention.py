@@ -100,12 +100,8 @@ def test_model_with_tpu_flash_matches_plain_logits():
       C.TINY, encoder=dataclasses.replace(C.TINY.encoder, width=32, depth=1, output_dim=48),
       llm=dataclasses.replace(C.TINY.llm, vocab_size=256, width=48, head_dim=12, depth=1))
   params = nn.unbox(init_params(small, jax.random.key(0)))
-  rng = np.random.default_rng(0)
-  ids = jnp.asarray(rng.integers(0, 256, (2, 40)), jnp.int32)
-  segments = jnp.asarray([[1] * 30 + [2] * 10, [1] * 35 + [0] * 5], jnp.int32)
-  audio = dict(audio_mel=jnp.asarray(rng.normal(size=(2, 1, 80, 320)), jnp.float32),
-               audio_lengths=jnp.asarray([[16_000], [32_000]], jnp.int32),
-               audio_starts=jnp.asarray([[1], [2]], jnp.int32))
+  from _model_inputs import packed_rows  # pylint: disable=g-import-not-at-top
+  ids, segments, audio = packed_rows(256)
 
   def forward(impl):
     model = QwenAudio(dataclasses.replace(small, attention_impl=impl))

@@ -90,7 +90,8 @@ def attend(query, key, value, mask: Union[MaskInfo, jax.Array], *, impl: str = "
                            mask.kv_index, causal=mask.causal, scale=scale)
   if impl == "tpu_flash":  # Pallas kernel (tpu_attention.py); cached decoding takes 'xla'
     if not isinstance(mask, MaskInfo):
-      raise ValueError("attention impl 'tpu_flash' needs a MaskInfo (segment ids), not a dense mask")
+      raise ValueError("attention impl 'tpu_flash' needs a MaskInfo (segment ids), not a dense "
+                       "mask")
     if tpu_attention.supports(q_len, key.shape[1], mask.causal):
       return tpu_attention.tpu_flash_attention(query, key, value, mask.q_segments,
                                                mask.kv_segments, causal=mask.causal, scale=scale)
