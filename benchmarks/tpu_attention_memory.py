@@ -10,15 +10,22 @@ probabilities, their gradients) with the ratio xla / tpu_flash, and XLA's FLOP c
     pip install -e ".[tpu]"
     python benchmarks/tpu_attention_memory.py                  # qwen_audio_7b on v5e:2x2
     python benchmarks/tpu_attention_memory.py --preset qwen2_audio_7b --clips 16 --rows 8
+    python benchmarks/tpu_attention_memory.py --train_step     # + the tiny model's whole step
+
+`--train_step` also compiles the whole stage-2 train step (forward, backward, AdamW) of the tiny
+model in bf16 with each implementation: `--step_rows` rows of `--length` tokens, one 30 s clip each
+(state replicated, batch split over the mesh).
 """
 
 import argparse
+import dataclasses
 import os
 import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compile for the virtual slice; run nothing
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
+import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax.experimental import topologies  # noqa: E402
@@ -27,7 +34,16 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from qwen_audio_jax import sharding  # noqa: E402
 from qwen_audio_jax.config import get_preset  # noqa: E402
+from qwen_audio_jax.data.batching import batch_spec  # noqa: E402
 from qwen_audio_jax.model import attention  # noqa: E402
+from qwen_audio_jax.model.params import init_params  # noqa: E402
+from qwen_audio_jax.training import optimizer as optimizer_lib  # noqa: E402
+from qwen_audio_jax.training import step as step_lib  # noqa: E402
+
+try:  # the training configs' shared keys (packaged, or configs/ of a checkout)
+  from qwen_audio_jax.configs import common  # noqa: E402
+except ImportError:
+  from configs import common  # noqa: E402
 
 
 def virtual_tpu_devices(topology: str = "v5e:2x2", chips_per_host=(2, 2, 1)):
@@ -63,6 +79,25 @@ def attention_step(impl: str, mesh, *, batch: int, length: int, heads: int, kv_h
   return step.lower(q, kv, kv, segments).compile()
 
 
+def train_step(impl: str, mesh, *, rows: int, length: int):
+  """The compiled stage-2 train step of the tiny model in bf16 with attention `impl`."""
+  config = common.base_config("sft")
+  config.specaugment.enabled = False
+  model = dataclasses.replace(get_preset("tiny"), attention_impl=impl, dtype="bfloat16")
+  params = jax.eval_shape(lambda: nn.unbox(init_params(model, jax.random.key(0))))
+  optimizer = optimizer_lib.make_optimizer(config, params)
+  state = jax.eval_shape(lambda p: step_lib.init_train_state(config, p, jax.random.key(1)), params)
+  replicated = NamedSharding(mesh, P())
+  state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                       state)
+  spec = batch_spec(rows, length, max_clips=1, features="mel", n_mels=model.encoder.n_mels)
+  batch = {k: jax.ShapeDtypeStruct(shape, dtype,
+                                   sharding=sharding.batch_sharding(mesh, len(shape)))
+           for k, (shape, dtype) in spec.items()}
+  with sharding.activation_sharding(mesh):
+    return jax.jit(step_lib.make_train_step(config, model, optimizer)).lower(state, batch).compile()
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--preset", default="qwen_audio_7b")
@@ -71,6 +106,9 @@ def main():
   parser.add_argument("--clips", type=int, default=8, help="encoder batch: 30 s clips")
   parser.add_argument("--rows", type=int, default=4, help="LLM batch: packed rows")
   parser.add_argument("--length", type=int, default=2048, help="LLM tokens per row")
+  parser.add_argument("--train_step", action="store_true",
+                      help="also the tiny model's whole train step (--step_rows x --length)")
+  parser.add_argument("--step_rows", type=int, default=8, help="train step rows")
   args = parser.parse_args()
 
   model = get_preset(args.preset)
@@ -101,6 +139,13 @@ def main():
           f"{flash_temp / 2**20:,.1f} MiB: {xla_temp / flash_temp:.1f}x less\n"
           f"    XLA flops: xla {xla_flops / 1e9:,.1f} G, tpu_flash {flash_flops / 1e9:,.1f} G "
           "(outside the kernel only: XLA does not count a Pallas call's flops)")
+  if args.train_step:
+    temps = {impl: train_step(impl, mesh, rows=args.step_rows, length=args.length
+                              ).memory_analysis().temp_size_in_bytes
+             for impl in ("xla", "tpu_flash")}
+    print(f"  tiny model, whole stage-2 train step, {args.step_rows} rows x {args.length} tokens "
+          f"+ one 30 s clip each:\n    temporaries: xla {temps['xla'] / 2**20:,.1f} MiB, tpu_flash "
+          f"{temps['tpu_flash'] / 2**20:,.1f} MiB: {temps['xla'] / temps['tpu_flash']:.1f}x less")
 
 
 if __name__ == "__main__":
