@@ -30,6 +30,7 @@ from etils import epath
 from jax.sharding import Mesh
 
 from qwen_audio_jax import config as model_config_lib
+from qwen_audio_jax import errors
 from qwen_audio_jax import sharding
 from qwen_audio_jax.convert import orbax_io
 from qwen_audio_jax.text import tokenizer as tokenizer_lib
@@ -40,7 +41,7 @@ from qwen_audio_jax.training import lora as lora_lib
 RUN_CONFIG_FILE = "config.json"
 
 
-class CheckpointNotFound(FileNotFoundError):
+class CheckpointNotFound(errors.UserError, FileNotFoundError):
   """The path is neither a converted checkpoint nor a run's step directory."""
 
 

@@ -76,6 +76,12 @@ class QwenAudioConfig:
   def __post_init__(self):
     validate(self)
 
+  @property
+  def family(self) -> str:
+    """'qwen_audio' (clips framed by the audio bos/eos embeddings, Qwen-Audio's tokenizer and
+    chat format) or 'qwen2_audio' (no bos/eos rows: Qwen2-Audio's)."""
+    return "qwen_audio" if self.encoder.audio_bos_eos else "qwen2_audio"
+
 
 def validate(cfg: QwenAudioConfig) -> None:
   """Raises ValueError naming the field when a configuration cannot work."""

@@ -15,6 +15,7 @@ from typing import Any, Optional, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -62,7 +63,12 @@ def make_mesh(shape: Sequence[int], devices: Optional[Sequence[Any]] = None) -> 
     raise ValueError(
         f"mesh shape {dict(zip(MESH_AXES, shape))} needs {int(np.prod(shape))} devices, "
         f"{devices.size} are available")
-  return Mesh(devices.reshape(shape), MESH_AXES)
+  try:  # physical-topology-aware order on TPUs (rings along the torus); plain order elsewhere
+    arranged = mesh_utils.create_device_mesh(shape, devices=list(devices.flat),
+                                             allow_split_physical_axes=True)
+  except (ValueError, NotImplementedError, AssertionError):
+    arranged = devices.reshape(shape)
+  return Mesh(arranged, MESH_AXES)
 
 
 def _mesh_axes_for(name, rules):

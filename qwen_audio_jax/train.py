@@ -23,23 +23,27 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 from etils import epath
-from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from ml_collections import config_flags
 
-from qwen_audio_jax import sharding
+from qwen_audio_jax import configs, errors, sharding
 from qwen_audio_jax.convert import save_model_config
-from qwen_audio_jax.data import DataPipeline, batch_spec, global_batches, make_global_batch
 from qwen_audio_jax.audio.lengths import HOP_LENGTH
+from qwen_audio_jax.data import DataPipeline, global_batches, make_global_batch
 from qwen_audio_jax.data.global_batch import audio_samples
-from qwen_audio_jax.training import checkpointing, distributed, flops, initialization, validation
+from qwen_audio_jax.evaluate.in_training import DecodingEvals
+from qwen_audio_jax.training import (checkpointing, compilation_cache, distributed, flops,
+                                     initialization, startup, validation)
+from qwen_audio_jax.training.layout import abstract_batch, build_mesh, trained_parts
 from qwen_audio_jax.training import metrics as metrics_lib
+from qwen_audio_jax.training import report
 from qwen_audio_jax.training import optimizer as optimizer_lib
 from qwen_audio_jax.training import step as step_lib
 
-CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training config file and preset, e.g. configs/pretrain.py:demo; override "
-    "keys with --config.<key>=<value>.", lock_config=True)
+CONFIG = configs.DEFINE_config_file(
+    "config", "Training config file and preset, e.g. configs/pretrain.py:demo, or a packaged "
+    f"config by name ({', '.join(configs.names())}), e.g. pretrain:demo; override keys with "
+    "--config.<key>=<value>.", lock_config=True)
+flags.declare_key_flag("config")
 WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory of the run: config.json, checkpoints/, tensorboard/. An existing "
     "run in it is resumed from its latest complete checkpoint. Default: workdir/<config file "
@@ -48,6 +52,7 @@ DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", list(distributed.MODES), "Call jax.distributed.initialize() first: "
     "'auto' does when the environment names several processes (Slurm, Open MPI, multi-host TPU "
     "VMs, JAX_COORDINATOR_ADDRESS).")
+TRACEBACK = flags.DEFINE_bool("traceback", False, errors.TRACEBACK_HELP)
 
 
 @dataclasses.dataclass
@@ -74,37 +79,6 @@ def write_resolved_config(config: ml_collections.ConfigDict, model_config, workd
   save_model_config(model_config, os.fspath(path / "model_config.json"))
 
 
-def enable_compilation_cache(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """JAX's persistent compilation cache: restarts and resumes skip recompiling."""
-  directory = config.compilation_cache_dir or os.path.join(
-      os.path.dirname(os.path.abspath(workdir.rstrip("/"))), ".jax_cache")
-  jax.config.update("jax_compilation_cache_dir", directory)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-  return directory
-
-
-def build_mesh(config: ml_collections.ConfigDict) -> Mesh:
-  """The (data, fsdp, tensor) mesh; with DCN sizes > 1 a hybrid mesh across slices."""
-  m = config.mesh
-  dcn = (m.dcn_data, m.dcn_fsdp, 1)
-  if dcn == (1, 1, 1):
-    return sharding.make_mesh((m.data, m.fsdp, m.tensor))
-  per_slice = jax.device_count() // int(np.prod(dcn))
-  ici = [m.data, m.fsdp, m.tensor]
-  if -1 in ici:
-    known = int(np.prod([s for s in ici if s != -1]))
-    ici[ici.index(-1)] = per_slice // known
-  devices = mesh_utils.create_hybrid_device_mesh(ici, dcn, jax.devices())
-  return Mesh(devices, sharding.MESH_AXES)
-
-
-def trained_parts(config: ml_collections.ConfigDict, model_config) -> flops.TrainedParts:
-  paths = validation.trained_paths(config, validation.param_paths(model_config))
-  audio = [p for p in paths if not p.startswith("llm/")]
-  return flops.TrainedParts(
-      audio=bool(audio),
-      encoder_body=any(p.startswith("audio_encoder/") and "/proj/" not in p for p in audio),
-      llm=any(p.startswith("llm/") for p in paths))
 
 
 def log_model_summary(config, model_config, abstract_params, parts: flops.TrainedParts) -> None:
@@ -121,20 +95,6 @@ def log_model_summary(config, model_config, abstract_params, parts: flops.Traine
                "%d: %.3g (encoder %.3g, LLM %.3g)", f"{sum(sizes.values()):,}",
                f"{trained_count:,}", what, len(trained), max(config.data.text_buckets),
                step["total"], step["encoder"], step["llm"])
-
-
-def batch_shardings(mesh: Mesh, spec: Dict[str, Tuple[Tuple[int, ...], Any]]):
-  return {k: sharding.batch_sharding(mesh, len(shape)) for k, (shape, _) in spec.items()}
-
-
-def abstract_batch(data_config, mesh: Mesh, text_length: int, audio_samples: int):
-  """ShapeDtypeStructs of a global batch of one (text bucket, audio bucket) pair."""
-  spec = batch_spec(data_config.batch_size, text_length, max_clips=data_config.max_clips_per_row,
-                    features=data_config.features, n_mels=data_config.n_mels,
-                    audio_samples=audio_samples)
-  shardings = batch_shardings(mesh, spec)
-  return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[k])
-          for k, (shape, dtype) in spec.items()}
 
 
 def shape_key(batch) -> Tuple:
@@ -233,8 +193,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   validation.validate(config)
   model_config = initialization.model_config_from(config)
   workdir = os.fspath(workdir)
+  startup.check_workdir(workdir)
   write_resolved_config(config, model_config, workdir)
-  cache_dir = enable_compilation_cache(config, workdir)
+  cache_dir = compilation_cache.enable(config.compilation_cache_dir, workdir)
   is_main = jax.process_index() == 0
   logging.info("Workdir %s; compilation cache %s", workdir, cache_dir)
 
@@ -248,6 +209,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
   train_iterator = train_pipeline.iterator()
   eval_pipeline = DataPipeline(config.eval_data) if config.eval_every else None
   task_names = train_pipeline.task_names
+  decoding_evals = DecodingEvals(config, model_config, mesh, workdir)  # config.evals
 
   # Model, optimizer and train state.
   rng_params, rng_train = jax.random.split(jax.random.key(config.seed))
@@ -286,6 +248,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
                                lambda batch: (abstract_state, _abstract(batch)),
                                max_shapes=len(train_pipeline.shapes))
   train_step.compile(abstract_batch(config.data, mesh, *train_pipeline.shapes[-1]))
+  distributed.barrier("compiled")
   eval_step = None
   if eval_pipeline is not None:
     eval_jit = jax.jit(step_lib.make_eval_step(config, model_config),
@@ -293,9 +256,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     eval_step = CompiledByShape("eval_step", eval_jit, mesh,
                                 lambda batch: (abstract_state.params, _abstract(batch)),
                                 max_shapes=len(eval_pipeline.shapes))
-    # With LoRA the factors are merged into their kernels for evaluation.
-    merged_params = jax.jit(lambda s: step_lib.eval_params(config, s),
-                            out_shardings=state_shardings.params)
+  # With LoRA the factors are merged into their kernels for evaluation.
+  merged_params = jax.jit(lambda s: step_lib.eval_params(config, s),
+                          out_shardings=state_shardings.params)
 
   parts = trained_parts(config, model_config)
   flops_by_shape: Dict[Tuple[int, ...], float] = {}
@@ -343,8 +306,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
       steps.append(flat)
       if flat.get("nonfinite", 0.0) > 0 and config.nonfinite == "halt":
         checkpoints.wait_until_finished()
-        raise FloatingPointError(
-            f"non-finite loss or gradients at step {s} (config.nonfinite='halt'); the state "
+        raise errors.NonFiniteError(
+            f"non-finite {_nonfinite_what(flat)} at step {s} (config.nonfinite='halt'); the state "
             f"after it was not checkpointed (latest checkpoint: step "
             f"{checkpoints.latest_step()})")
     elapsed = time.time() - window_start - (train_step.compile_seconds - window_compile)
@@ -401,6 +364,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
         if is_main:
           logging.info("eval at step %d: %s", step, _format_eval(last_eval))
           print(f"eval step {step} | {_format_eval(last_eval)}", flush=True)
+      due = decoding_evals.due(step)
+      if due:
+        writer.write(step, flush())
+        writer.write(step, decoding_evals.run(due, step, merged_params(state)))
       if save_now:
         flush()
         checkpoints.save(step, state, train_iterator,
@@ -423,6 +390,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, *,
     logging.info("Data:\n%s", train_iterator.stats.report())
   return RunResult(step=step, state=state, history=history, evals=evals, preempted=preempted,
                    resumed_from=resumed_from)
+
+
+def _nonfinite_what(flat: Dict[str, float]) -> str:
+  return "update" if flat.get("nonfinite_update", 0.0) > 0 else "loss or gradients"
 
 
 def _abstract(batch):
@@ -456,15 +427,22 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if CONFIG.value is None:
     raise app.UsageError("--config is required, e.g. --config=configs/pretrain.py:demo")
-  joined = distributed.initialize(DISTRIBUTED.value)
-  if joined:
-    logging.info("jax.distributed initialised (%s): process %d of %d", joined,
-                 jax.process_index(), jax.process_count())
   workdir = WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
-  result = run(CONFIG.value, workdir)
+  try:
+    with startup.sigterm_ends_startup():
+      joined = distributed.initialize(DISTRIBUTED.value)
+      if joined:
+        logging.info("jax.distributed initialised (%s): process %d of %d", joined,
+                     jax.process_index(), jax.process_count())
+      result = run(CONFIG.value, workdir)
+  except errors.StartupInterrupted as e:
+    startup.report_interrupted(e)
+    return
   if result.preempted:
     logging.info("Preempted at step %d; checkpoint saved, exiting cleanly", result.step)
+  elif jax.process_index() == 0:
+    print(report.final_report(CONFIG.value, workdir, result.step)[0], flush=True)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  errors.run_absl(main)

@@ -4,6 +4,8 @@
   `torch.manual_seed`, eager attention, saved with `save_pretrained(..., safe_serialization=True)`;
 - an official-layout (Qwen-Audio remote code) checkpoint written by renaming a tiny Qwen2 (with
   q/k/v bias, no GQA) and a tiny Whisper encoder into the official names;
+- `save_qwen2_audio_tokenizer`: a Qwen2-Audio-style transformers tokenizer over the same BPE
+  ranks (qwen.tiktoken of the dashscope package) with Qwen2-Audio's first special tokens;
 - `qwen_audio_encoder_reference`: the official Qwen-Audio audio encoder forward in plain torch,
   written from SPEC.md (batch-max mel cut, key masking, pool -> ln_post -> proj, bos/eos).
 """
@@ -55,6 +57,24 @@ def tiny_qwen2(seed: int = 0, vocab: int = 512, hidden: int = 64, layers: int = 
 
 
 QWEN2_AUDIO_TOKENS = dict(audio=500, bos=501, eos=502)
+# Qwen2-Audio's first special tokens, in id order from 151643 (<|AUDIO|> 151646, <|audio_bos|>
+# 151647, <|audio_eos|> 151648).
+QWEN2_AUDIO_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>",
+                        "<|audio_bos|>", "<|audio_eos|>"]
+
+
+def save_qwen2_audio_tokenizer(directory: str, pattern: str) -> str:
+  """transformers' Qwen2Tokenizer converted offline from qwen.tiktoken (split `pattern`), with
+  Qwen2-Audio's first special tokens, saved into `directory`."""
+  # pylint: disable=g-import-not-at-top
+  from transformers import Qwen2Tokenizer
+  from transformers.convert_slow_tokenizer import TikTokenConverter
+
+  from qwen_audio_jax.text import tokenizer as tokenizer_lib
+  core = TikTokenConverter(vocab_file=tokenizer_lib.dashscope_vocab_file(), pattern=pattern,
+                           extra_special_tokens=QWEN2_AUDIO_SPECIALS).converted()
+  Qwen2Tokenizer(tokenizer_object=core).save_pretrained(directory)
+  return directory
 
 
 def tiny_qwen2_audio(seed: int = 0, n_mels: int = 128) -> Qwen2AudioForConditionalGeneration:

@@ -4,6 +4,11 @@ defined only once in a process)."""
 
 import importlib.util
 import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 
 import ml_collections
 
@@ -43,4 +48,58 @@ def tone_config(manifest, cache, **loop):
   c.compilation_cache_dir = cache
   for key, value in loop.items():
     c[key] = value
+  return c
+
+
+def start_trainer(tmp_path, manifest, cache, **data):
+  """`python -m qwen_audio_jax.train` on `tone_config` (checkpoints only at the end; `data` keys
+  overridden) with workdir tmp_path/run; stdout and stderr piped together."""
+  config_file = tmp_path / "trainer_config.py"
+  config_file.write_text(textwrap.dedent(f"""
+      import sys
+      sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+      from _train_configs import tone_config
+
+      def get_config():
+        c = tone_config({manifest!r}, {cache!r})
+        c.checkpoint.every_steps = 10_000
+        c.data.update({data!r})
+        return c
+      """))
+  return subprocess.Popen(
+      [sys.executable, "-m", "qwen_audio_jax.train", f"--config={config_file}",
+       f"--workdir={tmp_path / 'run'}"], cwd=REPO, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True)
+
+
+def read_until(process, predicate, lines, seconds=240):
+  """Appends the process's output lines to `lines` until one satisfies `predicate`."""
+  deadline = time.time() + seconds
+  for line in process.stdout:
+    lines.append(line)
+    if predicate(line):
+      return
+    assert time.time() < deadline, "".join(lines[-20:])
+  raise AssertionError("the trainer ended early:\n" + "".join(lines[-30:]))
+
+
+def terminate_when(process, predicate, seconds=240):
+  """SIGTERM at the first output line satisfying `predicate`; (exit status, whole output)."""
+  lines = []
+  try:
+    read_until(process, predicate, lines, seconds)
+    process.send_signal(signal.SIGTERM)
+    rest, _ = process.communicate(timeout=120)
+  finally:
+    if process.poll() is None:
+      process.kill()
+  return process.returncode, "".join(lines) + rest
+
+
+def multihost_config(manifest, cache):
+  """The 2-process test's run: two text buckets, so the processes must agree on each batch's
+  text length (their rows differ)."""
+  c = tone_config(manifest, cache)
+  c.data.text_buckets = (40, 64)
+  c.data.shuffle = False
   return c

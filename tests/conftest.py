@@ -14,3 +14,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import jax  # noqa: E402  (after the flags above)
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def qwen2_audio_tokenizer_dir(tmp_path_factory):
+  """A Qwen2-Audio-style transformers tokenizer directory (built once: ~10 s of CPU)."""
+  import _reference_models as ref  # pylint: disable=g-import-not-at-top
+  from qwen_audio_jax.text import tokenizer  # pylint: disable=g-import-not-at-top
+  return ref.save_qwen2_audio_tokenizer(str(tmp_path_factory.mktemp("qwen2_audio_tokenizer")),
+                                        tokenizer.SPLIT_PATTERN)

@@ -1,8 +1,13 @@
-"""ChatML dialogues (Qwen-Audio-Chat): text, ids against Qwen-Audio-Chat's context builder, loss."""
+"""ChatML dialogues per model family: Qwen-Audio-Chat's text and ids against its context builder
+(from_list_format per query + make_context), Qwen2-Audio's against the chat template shipped in
+transformers' Qwen2AudioProcessor (rendered with jinja2), and the loss mask."""
 
+import jinja2
 import numpy as np
 import pytest
+from transformers import Qwen2AudioProcessor
 
+from qwen_audio_jax import config as model_config_lib
 from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.text import chat
 from qwen_audio_jax.text.tokenizer import QwenAudioTokenizer
@@ -28,9 +33,22 @@ EXPECTED_TEXT = (
     "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
     "<|im_start|>user\nAudio 1:<audio>a.wav</audio>\nWhat is said?<|im_end|>\n"
     "<|im_start|>assistant\nHello there.<|im_end|>\n"
-    "<|im_start|>user\nAudio 2:<audio>b.wav</audio>\nAudio 3:<audio>c.wav</audio>\n"
+    "<|im_start|>user\nAudio 1:<audio>b.wav</audio>\nAudio 2:<audio>c.wav</audio>\n"
     "And in these two?<|im_end|>\n"
     "<|im_start|>assistant\nGoodbye, and 再见.<|im_end|>")
+
+
+def from_list_format(items):
+  """Qwen-Audio-Chat's tokenizer.from_list_format, written out: one query's clips numbered from
+  1 as `Audio {n}:` + `<audio>PATH</audio>` + newline, text items as they are."""
+  text, n = "", 0
+  for item in items:
+    if "audio" in item:
+      n += 1
+      text += f"Audio {n}:<audio>{item['audio']}</audio>\n"
+    else:
+      text += item["text"]
+  return text
 
 
 def make_context_ids(tok, turns, system, clips):
@@ -59,9 +77,12 @@ def test_dialogue_text_is_chatml_with_numbered_clips():
 
 def test_ids_follow_the_reference_context_builder(tok):
   ex = chat.encode_dialogue(DIALOGUE, tok, CLIPS)
-  turns = [("Audio 1:<audio>a.wav</audio>\nWhat is said?", "Hello there."),
-           ("Audio 2:<audio>b.wav</audio>\nAudio 3:<audio>c.wav</audio>\nAnd in these two?",
-            "Goodbye, and 再见.")]
+  assert chat.format_for(tok) is chat.QWEN_AUDIO_CHAT
+  # The released usage: each query goes through from_list_format on its own.
+  messages = DIALOGUE["messages"]
+  turns = [(from_list_format(messages[0]["content"]), "Hello there."),
+           (from_list_format(messages[2]["content"]), "Goodbye, and 再见.")]
+  assert turns[1][0].startswith("Audio 1:<audio>b.wav</audio>\nAudio 2:")
   expected = make_context_ids(tok, turns, "You are a helpful assistant.", CLIPS)
   assert ex.input_ids.dtype == np.int32 and ex.input_ids.tolist() == expected
   # For ordinary content this is also the whole ChatML string through the tokenizer.
@@ -142,3 +163,68 @@ def test_response_text_stops_at_im_end(tok):
 def test_bad_dialogues_are_explained(tok, messages, clips, message):
   with pytest.raises(ValueError, match=message):
     chat.encode_dialogue({"task": "chat", "messages": messages}, tok, [SECOND] * len(clips))
+
+
+# ----------------------------------------------------------------------------- Qwen2-Audio
+
+
+@pytest.fixture(scope="module")
+def qwen2_tok(qwen2_audio_tokenizer_dir):
+  return QwenAudioTokenizer.load(qwen2_audio_tokenizer_dir)
+
+
+def template_ids(hf_tokenizer, messages, clips, generation_prompt):
+  """transformers' Qwen2-Audio chat template rendered with jinja2, each `<|AUDIO|>` expanded to
+  the clip's frame count as Qwen2AudioProcessor does, then tokenised as one string."""
+  source = Qwen2AudioProcessor.default_chat_template.fget(None)
+  text = jinja2.Environment().from_string(source).render(
+      messages=messages, add_generation_prompt=generation_prompt)
+  pieces = text.split("<|AUDIO|>")
+  assert len(pieces) == len(clips) + 1
+  expanded = pieces[0] + "".join("<|AUDIO|>" * lengths.audio_tokens(n) + rest
+                                 for n, rest in zip(clips, pieces[1:]))
+  return hf_tokenizer.encode(expanded, add_special_tokens=False)
+
+
+def as_template_messages(messages):
+  """Our rows in the template's content format ({'type': 'audio' | 'text', ...})."""
+  out = []
+  for m in messages:
+    content = m["content"]
+    if isinstance(content, list):
+      content = [{"type": "audio", "audio_url": c["audio"]} if "audio" in c else
+                 {"type": "text", "text": c["text"]} for c in content]
+    out.append({"role": m["role"], "content": content})
+  return out
+
+
+def test_qwen2_audio_dialogue_matches_the_transformers_chat_template(qwen2_tok):
+  assert chat.format_for(qwen2_tok) is chat.QWEN2_AUDIO
+  assert chat.format_for(model_config_lib.QWEN2_AUDIO_7B) is chat.QWEN2_AUDIO
+  assert chat.format_for(model_config_lib.QWEN_AUDIO_7B) is chat.QWEN_AUDIO_CHAT
+  text = chat.dialogue_text(DIALOGUE["messages"], chat_format="qwen2_audio")
+  assert "Audio 1: <audio>a.wav</audio>\n" in text
+  assert "Audio 2: <audio>b.wav</audio>\nAudio 3: <audio>c.wav</audio>\n" in text
+  ex = chat.encode_dialogue(DIALOGUE, qwen2_tok, CLIPS)
+  expected = template_ids(qwen2_tok.hf, as_template_messages(DIALOGUE["messages"]), CLIPS, False)
+  assert ex.input_ids.tolist() == expected
+  assert qwen2_tok.decode(ex.input_ids[ex.target_mask]) == (
+      "Hello there.<|im_end|>Goodbye, and 再见.<|im_end|>")
+  for start, n in zip(ex.audio_starts, CLIPS):
+    assert ex.input_ids[start] == qwen2_tok.audio_start_id
+    assert ex.input_ids[start + lengths.audio_span(n) - 1] == qwen2_tok.audio_end_id
+
+
+def test_qwen2_audio_generation_prompt_and_system_match_the_template(qwen2_tok):
+  messages = [{"role": "system", "content": "Be brief."},
+              {"role": "user", "content": [{"text": "Compare "}, {"audio": "a.wav"},
+                                           {"audio": "b.wav"}, {"text": "please."}]}]
+  clips = [SECOND, 3 * SECOND]
+  ex = chat.encode_chat_prompt(messages, qwen2_tok, clips)
+  assert ex.input_ids.tolist() == template_ids(qwen2_tok.hf, as_template_messages(messages),
+                                               clips, True)
+  assert not ex.target_mask.any()
+  # Without a system message the default one is inserted, as the template does.
+  ex = chat.encode_chat_prompt(messages[1:], qwen2_tok, clips)
+  assert ex.input_ids.tolist() == template_ids(qwen2_tok.hf, as_template_messages(messages[1:]),
+                                               clips, True)

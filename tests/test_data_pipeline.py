@@ -266,7 +266,8 @@ def test_past_the_bad_fraction_the_run_stops_naming_examples(bad_corpus):
 
 
 def test_malformed_rows_alone_can_stop_the_run_at_load(bad_corpus):
-  config = data_config(bad_corpus, max_bad_fraction=0.01,
+  # The load-time check follows the same rule as the running one: once min_examples rows.
+  config = data_config(bad_corpus, max_bad_fraction=0.01, min_examples_before_abort=21,
                        mixture=ml_collections.ConfigDict(
                            {"asr": mixture_entry(paths=bad_corpus, tasks="asr")}))
   with pytest.raises(DataQualityError, match=r"1 of 21 rows are malformed .*train.jsonl:\d+"):

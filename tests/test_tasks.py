@@ -177,12 +177,25 @@ def test_srwt_parser_reads_both_timestamp_layouts():
 
 
 def test_srwt_timestamps_are_quantised_and_clamped(tok):
+  # A word ending a frame past the clip (within the 0.05 s tolerance) is clamped to it.
   row = dict(ROWS["srwt"], words=[dict(word="a", start=0.004, end=0.005),
-                                  dict(word="b", start=1.2, end=2.75)])
+                                  dict(word="b", start=1.2, end=2.04)])
   assert target_text(tok, "srwt", row) == "<|0.00|>a<|0.01|><|1.20|> b<|2.00|><|endoftext|>"
   long_row = dict(row, words=[dict(word="a", start=29.996, end=45.0)])
   ex = tasks.encode_example(long_row, tok, [lengths.N_SAMPLES])  # no clip_seconds: 30 s cap
   assert tok.decode(ex.input_ids[ex.target_mask]) == "<|30.00|>a<|30.00|><|endoftext|>"
+
+
+def test_srwt_words_beyond_the_clip_are_refused_not_clamped(tok):
+  # A word at 50-60 s of a 2 s clip used to become <|2.00|>again<|2.00|>.
+  row = dict(ROWS["srwt"], words=[dict(word="hello", start=0.0, end=0.5),
+                                  dict(word="again", start=50.0, end=60.0)])
+  with pytest.raises(ValueError, match=r"field 'words'\[1\] \('again'\): end 60.0 s is beyond "
+                     r"the end of the clip \(2.00 s; tolerance 0.05 s\)"):
+    target_text(tok, "srwt", row)
+  just_past = dict(row, words=[dict(word="hello", start=0.0, end=2.06)])
+  with pytest.raises(ValueError, match="beyond the end of the clip"):
+    target_text(tok, "srwt", just_past)
 
 
 def test_srwt_chinese_words_are_not_spaced(tok):

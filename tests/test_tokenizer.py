@@ -255,22 +255,11 @@ def test_pickles_by_vocabulary_path(tok):
   assert len(pickle.dumps(tok)) < 1000
 
 
-QWEN2_AUDIO_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>",
-                        "<|audio_bos|>", "<|audio_eos|>"]
-
-
 @pytest.fixture(scope="module")
-def qwen2_audio_dir(tmp_path_factory):
+def qwen2_audio_dir(qwen2_audio_tokenizer_dir):
   """A Qwen2-Audio-style checkpoint directory: transformers' Qwen2Tokenizer over the same BPE
   ranks, converted from qwen.tiktoken offline, with Qwen2-Audio's first special tokens."""
-  # pylint: disable=g-import-not-at-top
-  from transformers import Qwen2Tokenizer
-  from transformers.convert_slow_tokenizer import TikTokenConverter
-  core = TikTokenConverter(vocab_file=tokenizer_lib.dashscope_vocab_file(), pattern=PATTERN,
-                           extra_special_tokens=QWEN2_AUDIO_SPECIALS).converted()
-  directory = tmp_path_factory.mktemp("qwen2_audio")
-  Qwen2Tokenizer(tokenizer_object=core).save_pretrained(str(directory))
-  return str(directory)
+  return qwen2_audio_tokenizer_dir
 
 
 def test_transformers_tokenizer_of_a_qwen2_audio_checkpoint(qwen2_audio_dir, tok, tmp_path):

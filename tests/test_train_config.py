@@ -96,8 +96,12 @@ def test_unknown_model_preset_and_override():
 def test_stage_rules():
   c = load_config("pretrain", "demo")
   c.trainable = r"^audio_encoder/|^llm/"
+  c.train_llm_in_pretrain = False
   (message,) = [p for p in problems_of(c, devices=1) if "LLM frozen" in p]
   assert message.startswith("config.trainable=") and "llm/" in message
+  assert "config.train_llm_in_pretrain=True" in message
+  c.train_llm_in_pretrain = True  # a model without a pretrained LLM (the demo) trains it too
+  validation.validate(c, device_count=1, process_count=1)
   c = load_config("pretrain", "demo")
   c.lora.rank = 8
   assert any(p.startswith("config.lora.rank=8: LoRA adapts the LLM") for p in

@@ -228,6 +228,33 @@ def test_nonfinite_step_is_skipped(params):
     np.testing.assert_array_equal(a, b)
 
 
+def test_nonfinite_update_is_skipped_like_a_nonfinite_gradient(params):
+  # Finite loss and gradients, but an update that overflows: Adam's first moment near the
+  # float32 maximum (as after a huge gradient) makes its bias-corrected step infinite. The
+  # step must keep parameters and optimizer state as they were. (Same config and shapes as
+  # the test above: no second compilation.)
+  config = load_config("sft.py")
+  batch = make_batch()
+  run_steps(config, params, batch, steps=0)  # compiles (or reuses) the step
+  train_step = _TRAIN_STEPS[config.to_json()]
+  state = step_lib.init_train_state(config, params, jax.random.key(1))
+  huge = jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.full_like(x, 3e38) if "mu" in jax.tree_util.keystr(path) else x,
+      state.opt_state)
+  state = state.replace(opt_state=huge)
+  new_state, metrics = train_step(state, batch)
+  metrics = jax.device_get(metrics)
+  assert np.isfinite(metrics["loss"]) and np.isfinite(metrics["grad_norm"])
+  assert metrics["nonfinite"] == 1.0 and metrics["nonfinite_update"] == 1.0
+  assert int(new_state.step) == 1
+  for a, b in zip(jax.tree.leaves(new_state.params), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)
+  for a, b in zip(jax.tree.leaves(new_state.opt_state), jax.tree.leaves(huge)):
+    np.testing.assert_array_equal(a, b)
+  _, normal = train_step(step_lib.init_train_state(config, params, jax.random.key(1)), batch)
+  assert float(normal["nonfinite"]) == 0.0 and float(normal["nonfinite_update"]) == 0.0
+
+
 def test_lora_trains_only_its_factors_and_starts_from_the_base(params):
   config = load_config("sft.py")
   config.lora.rank = 4

@@ -18,6 +18,9 @@ seeks are sample-exact. Lossy streams (Vorbis, Opus, MP3) are decoded from the b
 with libsndfile 1.2.2: Vorbis lands tens of samples off, MP3 can return silence after a seek);
 their decoders run at hundreds to thousands of times real time, so this costs little. Channels
 are averaged to mono and the result is resampled with soxr.
+
+A file cut short of the length its container states (an interrupted copy) raises AudioError
+with "truncated audio" in the message, also when what survived still decodes (`truncation`).
 """
 
 import io
@@ -30,7 +33,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from qwen_audio_jax.audio import lengths
+from qwen_audio_jax.audio import lengths, truncation
 
 PathLike = Union[str, os.PathLike]
 
@@ -100,6 +103,7 @@ def _decode(fileobj: BinaryIO, name: str, start: Optional[float], end: Optional[
             sample_rate: int) -> np.ndarray:
   """Decodes an open binary file object; every failure becomes an AudioError naming `name`."""
   _check_not_empty(fileobj, name)
+  cut = truncation.ogg_problem(fileobj) if truncation.is_ogg(fileobj) else None
   try:
     with sf.SoundFile(fileobj) as f:
       if f.channels < 1:
@@ -108,6 +112,9 @@ def _decode(fileobj: BinaryIO, name: str, start: Optional[float], end: Optional[
         raise AudioError(f"{name}: the file declares a sample rate of {f.samplerate} Hz")
       if f.frames <= 0:
         raise AudioError(f"{name}: the file holds no audio samples")
+      cut = cut or truncation.pcm_problem(f.format, f.extra_info, f.channels)
+      if cut and (end is None or end * f.samplerate > f.frames):  # the clip needs what is lost
+        raise AudioError(f"{name}: truncated audio: {cut}")
       first, last = _segment_frames(name, f.samplerate, f.frames, start, end)
       if f.seekable() and f.subtype in _EXACT_SEEK_SUBTYPES:
         if first:
@@ -116,6 +123,9 @@ def _decode(fileobj: BinaryIO, name: str, start: Optional[float], end: Optional[
       else:
         samples = f.read(last, dtype="float32", always_2d=True)[first:]
       native_rate = f.samplerate
+      short = truncation.short_read_problem(last, first + samples.shape[0], native_rate)
+      if short:
+        raise AudioError(f"{name}: truncated audio: {short}")
   except AudioError:
     raise
   except (sf.SoundFileError, RuntimeError) as e:

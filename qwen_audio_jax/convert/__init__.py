@@ -5,7 +5,8 @@ Import (layouts 'whisper', 'qwen2', 'qwen', 'qwen_audio', 'qwen2_audio'):
     convert_to_orbax(source_dir, 'qwen2_audio', out_dir)        # what the CLI runs
 Restore:
     params = load_params(out_dir, config=None, shardings=None)
-Export (layouts 'qwen2', 'qwen2_audio'):
+Export (layouts 'whisper', 'qwen2', 'qwen_audio', 'qwen2_audio'; a converted checkpoint or a
+training run's checkpoints/<step>):
     export_checkpoint(out_dir, 'qwen2_audio', hf_dir)
 Command line: `python -m qwen_audio_jax.convert --help`.
 """

@@ -2,13 +2,21 @@
 
     python -m qwen_audio_jax.convert --source DIR --layout LAYOUT --out DIR [--dtype ...]
         [--combine-encoder DIR --encoder-layout whisper --seed N]
-    python -m qwen_audio_jax.convert export --checkpoint DIR --layout {qwen2,qwen2_audio} --out DIR
+    python -m qwen_audio_jax.convert export --checkpoint DIR --layout LAYOUT --out DIR
+        [--lora {merge,adapters}]
+
+A failed conversion prints its error alone (`--traceback` for the stack) and exits 1; an --out
+directory it created is removed again, so that no empty or half-written output is left behind.
 """
 
 import argparse
+import contextlib
+import os
+import shutil
 import sys
 from typing import List, Optional
 
+from qwen_audio_jax import errors
 from qwen_audio_jax.convert import names
 
 _LAYOUT_HELP = """source layouts (safetensors: one file, or shards + model.safetensors.index.json):
@@ -51,19 +59,42 @@ def _import_parser() -> argparse.ArgumentParser:
   parser.add_argument("--overwrite", action="store_true",
                       help="replace an existing checkpoint in --out")
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+  parser.add_argument(errors.TRACEBACK_FLAG, action="store_true", help=errors.TRACEBACK_HELP)
   return parser
+
+
+@contextlib.contextmanager
+def _removed_on_failure(out: str):
+  """Removes `out` again if the block fails and `out` did not exist before it."""
+  existed = os.path.lexists(out)
+  try:
+    yield
+  except BaseException:
+    if not existed and os.path.isdir(out):
+      shutil.rmtree(out, ignore_errors=True)
+    raise
 
 
 def _export_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog="python -m qwen_audio_jax.convert export",
-      description="Export a qwen_audio_jax checkpoint to HF safetensors + config.json "
-      "(loadable with transformers' from_pretrained).")
+      description="Export a qwen_audio_jax checkpoint or a training run's step to safetensors + "
+      "config.json in the layout users load.")
   parser.add_argument("--checkpoint", required=True,
-                      help="our checkpoint directory (holding params/ and model_config.json)")
+                      help="a converted checkpoint (params/ + model_config.json) or a training "
+                      "run's <workdir>/checkpoints/<step> (model config from the run's workdir)")
   parser.add_argument("--layout", required=True, choices=names.EXPORT_LAYOUTS,
-                      help="qwen2: Qwen2ForCausalLM (LLM only); qwen2_audio: "
+                      help="whisper: the audio encoder alone (transformers' WhisperEncoder); "
+                      "qwen2: Qwen2ForCausalLM (LLM only); qwen_audio: the official Qwen-Audio "
+                      "layout with config.json and qwen.tiktoken; qwen2_audio: "
                       "Qwen2AudioForConditionalGeneration")
+  parser.add_argument("--lora", default="merge", choices=("merge", "adapters"),
+                      help="a LoRA run's factors: merged into the weights (default), or "
+                      "'adapters': base weights plus a PEFT adapter in OUT/adapter "
+                      "(qwen2_audio only)")
+  parser.add_argument("--tokenizer", default=None,
+                      help="vocabulary to ship (qwen.tiktoken or a tokenizer directory); "
+                      "default: the model's own")
   parser.add_argument("--out", required=True, help="output directory")
   parser.add_argument("--dtype", default=None, choices=("float32", "bfloat16"),
                       help="dtype of the written tensors (default: as stored)")
@@ -73,6 +104,7 @@ def _export_parser() -> argparse.ArgumentParser:
                       help="audio_token_index for config.json (default: from the import, else "
                       "151646)")
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+  parser.add_argument(errors.TRACEBACK_FLAG, action="store_true", help=errors.TRACEBACK_HELP)
   return parser
 
 
@@ -82,9 +114,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _export_parser().parse_args(argv[1:])
     from qwen_audio_jax.convert.exporter import export_checkpoint
     token_ids = {} if args.audio_token_id is None else {"audio_token_index": args.audio_token_id}
-    files = export_checkpoint(args.checkpoint, args.layout, args.out, dtype=args.dtype,
-                              max_shard_size=args.max_shard_size, token_ids=token_ids,
-                              progress=not args.no_progress)
+    with _removed_on_failure(args.out):
+      files = export_checkpoint(args.checkpoint, args.layout, args.out, dtype=args.dtype,
+                                max_shard_size=args.max_shard_size, token_ids=token_ids,
+                                lora=args.lora, tokenizer_path=args.tokenizer,
+                                progress=not args.no_progress)
     print(f"wrote {len(files)} files to {args.out}")
     for f in files:
       print(f"  {f}")
@@ -93,14 +127,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = argv[1:]
   args = _import_parser().parse_args(argv)
   from qwen_audio_jax.convert.importer import convert_to_orbax
-  report = convert_to_orbax(args.source, args.layout, args.out, dtype=args.dtype,
-                            combine_encoder=args.combine_encoder,
-                            encoder_layout=args.encoder_layout, seed=args.seed,
-                            progress=not args.no_progress, overwrite=args.overwrite)
+  with _removed_on_failure(args.out):
+    report = convert_to_orbax(args.source, args.layout, args.out, dtype=args.dtype,
+                              combine_encoder=args.combine_encoder,
+                              encoder_layout=args.encoder_layout, seed=args.seed,
+                              progress=not args.no_progress, overwrite=args.overwrite)
   print(report.summary())
   print(f"checkpoint written to {args.out}")
   return 0
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  errors.run_main(main, known=(FileExistsError, FileNotFoundError))

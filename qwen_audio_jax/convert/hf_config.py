@@ -269,3 +269,69 @@ def qwen2_audio_hf_dict(config: C.QwenAudioConfig, dtype: str,
       "text_config": text,
       "torch_dtype": _TORCH_DTYPE[dtype],
   }
+
+
+QWEN_AUDIO_START_ID = 155163  # <audio> in Qwen-Audio's vocabulary (the official audio_start_id)
+
+
+def official_hf_dict(config: C.QwenAudioConfig, dtype: str,
+                     token_ids: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+  """config.json of the official Qwen-Audio release (QWenConfig of its remote code, with the
+  `audio` block): every field `config_from_hf_dict(..., 'qwen_audio')` reads, plus the execution
+  fields QWenConfig defines, so that the release's code (trust_remote_code) builds the model."""
+  enc, llm = config.encoder, config.llm
+  needs = [
+      (enc.avg_pool and enc.audio_bos_eos and enc.output_dim == llm.width,
+       "encoder.avg_pool, encoder.audio_bos_eos and a projection to llm.width"),
+      (enc.cut_mel_to_batch_max, "encoder.cut_mel_to_batch_max (the release cuts the mel input)"),
+      (enc.mlp_dim == 4 * enc.width, "encoder.mlp_dim == 4 * encoder.width (openai-whisper MLP)"),
+      (enc.layer_norm_eps == 1e-5, "encoder.layer_norm_eps == 1e-5 (torch LayerNorm default)"),
+      (llm.kv_heads == llm.heads, "llm.kv_heads == llm.heads (Qwen-7B has no grouped KV heads)"),
+      (llm.heads * llm.head_dim == llm.width, "llm.heads * llm.head_dim == llm.width"),
+      (llm.qkv_bias and not llm.tie_embeddings, "llm.qkv_bias and untied embeddings"),
+  ]
+  for ok, what in needs:
+    if not ok:
+      raise ValueError(f"the official Qwen-Audio layout needs {what}; this configuration "
+                       f"differs: {config}")
+  ids = dict(token_ids or {})
+  return {
+      "architectures": ["QWenLMHeadModel"],
+      "auto_map": {"AutoConfig": "configuration_qwen.QWenConfig",
+                   "AutoModelForCausalLM": "modeling_qwen.QWenLMHeadModel"},
+      "model_type": "qwen", "tokenizer_class": "QWenTokenizer",
+      "vocab_size": llm.vocab_size, "hidden_size": llm.width, "kv_channels": llm.head_dim,
+      "intermediate_size": 2 * llm.mlp_dim, "num_hidden_layers": llm.depth,
+      "num_attention_heads": llm.heads, "seq_length": llm.seq_length,
+      "max_position_embeddings": llm.seq_length, "rotary_emb_base": llm.rope_theta,
+      "rotary_pct": 1.0, "layer_norm_epsilon": llm.rms_norm_eps,
+      "use_dynamic_ntk": llm.use_dynamic_ntk, "use_logn_attn": llm.use_logn_attn,
+      "no_bias": True, "tie_word_embeddings": False, "scale_attn_weights": True,
+      "emb_dropout_prob": 0.0, "attn_dropout_prob": 0.0, "initializer_range": 0.02,
+      "use_cache": True, "use_flash_attn": "auto",
+      "bf16": dtype == "bfloat16", "fp16": dtype == "float16", "fp32": dtype == "float32",
+      "torch_dtype": _TORCH_DTYPE[dtype],
+      "audio": {
+          "n_mels": enc.n_mels, "n_ctx": enc.n_ctx, "n_state": enc.width, "n_head": enc.heads,
+          "n_layer": enc.depth, "output_dim": enc.output_dim, "avg_pool": True,
+          "add_audio_bos_eos_token": True,
+          "audio_start_id": int(ids.get("audio_start_id", QWEN_AUDIO_START_ID)),
+      },
+  }
+
+
+def whisper_hf_dict(encoder: C.EncoderConfig, dtype: str) -> Dict[str, Any]:
+  """A WhisperConfig for the encoder alone (`WhisperEncoder.from_pretrained` loads it; the
+  decoder fields mirror the encoder's, as no decoder is exported)."""
+  if encoder.layer_norm_eps != 1e-5:
+    raise ValueError(f"Whisper's layer norms use eps 1e-5; this encoder has "
+                     f"{encoder.layer_norm_eps}")
+  return {
+      "architectures": ["WhisperEncoder"], "model_type": "whisper",
+      "num_mel_bins": encoder.n_mels, "d_model": encoder.width,
+      "encoder_layers": encoder.depth, "encoder_attention_heads": encoder.heads,
+      "encoder_ffn_dim": encoder.mlp_dim, "max_source_positions": encoder.n_ctx,
+      "decoder_layers": encoder.depth, "decoder_attention_heads": encoder.heads,
+      "decoder_ffn_dim": encoder.mlp_dim, "activation_function": "gelu",
+      "scale_embedding": False, "torch_dtype": _TORCH_DTYPE[dtype],
+  }

@@ -33,7 +33,9 @@ LAYOUT_PARTS = {
     "qwen_audio": ("audio_encoder", "audio_bos_eos", "llm"),
     "qwen2_audio": ("audio_encoder", "llm"),
 }
-EXPORT_LAYOUTS = ("qwen2", "qwen2_audio")
+# Layouts a checkpoint or a run can be exported to: the Whisper encoder alone, the LLM as Qwen2,
+# the whole model in the official Qwen-Audio layout or as transformers' Qwen2-Audio.
+EXPORT_LAYOUTS = ("whisper", "qwen2", "qwen_audio", "qwen2_audio")
 
 _ENCODER_BLOCK = ("audio_encoder", "blocks", "block")
 _LLM_BLOCK = ("llm", "layers", "block")
@@ -289,6 +291,17 @@ def rules_for_layout(layout: str, has: Optional[Callable[[str], bool]] = None) -
     return (whisper_encoder_rules(audio) + _linear(projector, _enc("proj"), bias_kind="copy")
             + qwen2_rules(llm, head))
   raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+
+
+def export_rules(layout: str) -> List[Rule]:
+  """The names an export writes: those `transformers.save_pretrained` writes, and for 'whisper'
+  the names of transformers' `WhisperEncoder` itself (no prefix), which
+  `WhisperEncoder.from_pretrained` loads and the 'whisper' import reads back."""
+  if layout not in EXPORT_LAYOUTS:
+    raise ValueError(f"export supports layouts {EXPORT_LAYOUTS}, not {layout!r}")
+  if layout == "whisper":
+    return whisper_encoder_rules("")
+  return rules_for_layout(layout)
 
 
 def rules_for_tree(rules: Sequence[Rule], expected: Dict[Path, Tuple[int, ...]],

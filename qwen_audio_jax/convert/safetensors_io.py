@@ -21,6 +21,8 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from qwen_audio_jax.errors import CheckpointError  # pylint: disable=unused-import (re-exported)
+
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
@@ -34,10 +36,6 @@ _NUMPY_DTYPES = {
     "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
     "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }
-
-
-class CheckpointError(ValueError):
-  """A checkpoint cannot be converted; the message names the file and/or tensor at fault."""
 
 
 def numpy_dtype(code: str) -> np.dtype:

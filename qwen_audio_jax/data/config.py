@@ -116,9 +116,11 @@ def get_data_config(stage: str = "pretrain", split: str = "train") -> ml_collect
   c.read_threads = 1
   c.read_buffer_size = 4
   c.tokenizer_path = ""  # qwen.tiktoken; '' = the copy shipped with dashscope
-  # Bad data (unreadable, empty, NaN, over-long or too-short audio, malformed rows) is skipped
-  # and counted per task; once a task has seen min_examples_before_abort examples and more than
-  # max_bad_fraction of them were bad, the run stops with an error naming the first ones.
+  # Bad data (unreadable, empty, NaN, truncated, over-long or too-short audio, malformed rows) is
+  # skipped and counted per task; once a task has seen min_examples_before_abort examples and
+  # more than max_bad_fraction of them were bad, the run stops with an error naming the first
+  # ones. The same rule applies to the rows refused when the manifests are read (against the
+  # rows read, once at least min_examples_before_abort were).
   c.max_bad_fraction = 0.05
   c.min_examples_before_abort = 100
   c.bad_examples_to_report = 10

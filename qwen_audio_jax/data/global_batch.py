@@ -3,8 +3,9 @@
 Every process builds rows_per_batch = batch_size / process_count rows; the global array stacks
 them in process order along the batch dimension, which is split over ('data', 'fsdp'). The text
 length S and the audio length N of a batch are buckets chosen from the process's own rows, so
-before building the global arrays the processes agree on the largest S and N and pad to them
-(one tiny all-gather per step, skipped when there is a single process). A finite stream (evaluation) can end after a different number of
+before building the global arrays the processes agree on the largest S and N and pad to them,
+through the coordination service's key-value store (no device collective, nothing when there is
+a single process). A finite stream (evaluation) can end after a different number of
 batches on each process; `global_batches` keeps every process stepping, with padding batches,
 until all have run out, so that no process waits forever in a collective.
 """
@@ -63,15 +64,42 @@ def pad_audio_length(batch: Mapping[str, np.ndarray], samples: int) -> Dict[str,
   return out
 
 
+class _ShapeExchange:
+  """Each process's text length and audio bucket of its n-th batch, shared through the coordination service's
+  key-value store (the host-side service `jax.distributed` runs), not a device collective: a
+  process publishes its length and reads the others' without launching or waiting for any
+  device work, so asynchronous dispatch keeps the accelerators busy. Every process makes its
+  global batches in the same order (train steps and evaluation batches alike), so the n-th
+  call means the same batch everywhere; each process removes its own key two batches later."""
+
+  PREFIX = "qwen_audio_jax/batch_shape"
+  TIMEOUT_MS = 30 * 60 * 1000  # a process whose pipeline stalls this long has failed
+
+  def __init__(self):
+    self.count = 0
+
+  def shapes(self, shape):
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    client = distributed.global_state.client
+    me, n = jax.process_index(), self.count
+    self.count += 1
+    client.key_value_set(f"{self.PREFIX}/{n}/{me}", ",".join(map(str, shape)))
+    out = [tuple(shape) if p == me else tuple(int(v) for v in client.blocking_key_value_get(
+        f"{self.PREFIX}/{n}/{p}", self.TIMEOUT_MS).split(",")) for p in range(jax.process_count())]
+    if n >= 2:
+      client.key_value_delete(f"{self.PREFIX}/{n - 2}/{me}")
+    return out
+
+
+_EXCHANGE = _ShapeExchange()
+
+
 def agree_on_text_length(batch: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
   """Pads every process's batch to the largest text length and audio bucket among the
   processes."""
   if jax.process_count() == 1:
     return dict(batch)
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  shapes = multihost_utils.process_allgather(
-      np.asarray([batch["input_ids"].shape[1], audio_samples(batch)], np.int32))
-  shapes = np.asarray(shapes).reshape(-1, 2)
+  shapes = np.asarray(_EXCHANGE.shapes((int(batch["input_ids"].shape[1]), audio_samples(batch))))
   batch = pad_text_length(batch, int(np.max(shapes[:, 0])))
   return pad_audio_length(batch, int(np.max(shapes[:, 1])))
 

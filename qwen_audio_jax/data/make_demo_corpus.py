@@ -2,12 +2,16 @@
 
     python -m qwen_audio_jax.data.make_demo_corpus [--out qwen_audio_jax/data/demo] [--seed 0]
 
-Speech: English sentences spoken by espeak-ng (several voices and speeds; `apt-get install
-espeak-ng`). Each word is synthesised on its own, its leading and trailing silence trimmed, and
-the words are joined with short pauses, so every word's start and end time is known by
-construction (to the sample, stored rounded to 0.01 s). Sounds: tones, beeps, sweeps, chords,
-noise bursts and click trains made with numpy, with a class label, a caption and (for beeps,
-sweeps, chords and clicks) a question whose answer follows from how the sound was made.
+Speech: sentences of a small grammar over a closed vocabulary (`GRAMMAR`, `WORDS`: numbers,
+colours, sizes, objects, actions, places, names), spoken by espeak-ng (`apt-get install
+espeak-ng`). The held-out sentences are combinations of known words that no training clip says,
+and they are spoken by a voice and at a speed that no training clip uses, so the held-out split
+measures recognition of the words, not memory of the clips. Each word is synthesised on its own,
+its leading and trailing silence trimmed, and the words are joined with short pauses, so every
+word's start and end time is known by construction (to the sample, stored rounded to 0.01 s).
+Sounds: tones, beeps, sweeps, chords, noise bursts and click trains made with numpy, with a class
+label, a caption and (for beeps, sweeps, chords and clicks) a question whose answer follows from
+how the sound was made.
 
 Rows (schema: qwen_audio_jax/data/README.md): `asr` and `srwt` for every speech clip, `caption`
 and `event` for every sound clip, `aqa` for the sound clips that have a question, and `chat`
@@ -18,98 +22,147 @@ Ogg stream gets a random serial number.
 """
 
 import argparse
+import itertools
 import json
 import os
 import shutil
 import subprocess
 import tempfile
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import soundfile as sf
 import soxr
 
 RATE = 16_000
-VOICES = ("en-us", "en-gb", "en-us+f3", "en-gb+m3", "en-us+f2", "en+m7")
-SPEEDS = (140, 165, 190)
 
-SENTENCES = """the cat sat quietly on the warm red mat
-please open the window before the rain starts
-we walked along the river to the old stone bridge
-my brother plays the piano every evening after dinner
-a small green bird sang from the top of the tree
-the train to the city leaves at seven in the morning
-she wrote a long letter to her friend in spain
-turn left at the bakery and then walk two blocks
-the children built a tall castle out of sand
-he forgot his umbrella at the coffee shop again
-bright stars filled the sky above the quiet village
-the farmer counted nine brown cows in the field
-could you pass me the salt and the pepper please
-our teacher read a story about a clever fox
-the wind blew the yellow leaves across the road
-i would like a cup of tea with a little milk
-the library closes early on sunday afternoons
-they painted the kitchen a pale shade of blue
-a heavy truck rolled slowly up the steep hill
-the museum has a famous painting of the sea
-my phone battery died in the middle of the call
-the baker sells fresh bread from six until noon
-we need three apples two lemons and some flour
-the dog chased the ball into the tall grass
-snow covered the mountains early this winter
-he fixed the broken chair with glue and nails
-the meeting will start in about ten minutes
-a gentle breeze moved the curtains in the room
-the river was cold and clear after the storm
-please remember to lock the door when you leave
-the old clock in the hall stopped at midnight
-she planted tomatoes and beans in the garden
-the boat drifted slowly toward the sandy shore
-this soup needs a bit more salt and pepper
-the kids laughed at the funny little clown
-we watched the sun set behind the hills
-an owl hooted softly in the dark forest
-he carried the heavy boxes up the stairs
-the shop on the corner sells cheap shoes
-rain fell all night on the tin roof
-""".strip().splitlines()
+# The closed vocabulary, by the grammar's word classes.
+WORDS = {
+    "number": ("two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"),
+    "colour": ("red", "green", "blue", "yellow", "black", "white", "orange", "purple", "brown",
+               "grey"),
+    "size": ("big", "small", "old", "new"),
+    "object": ("box", "ball", "cup", "book", "chair", "key", "pen", "hat", "shoe", "lamp", "bag",
+               "coin"),
+    "objects": ("boxes", "balls", "cups", "books", "chairs", "keys", "pens", "hats", "shoes",
+                "lamps", "bags", "coins"),
+    "action": ("take", "move", "open", "find", "drop", "lift", "push", "pull", "hold", "show",
+               "bring", "paint"),
+    "place": ("on", "under", "near", "behind", "in", "beside"),
+    "name": ("anna", "tom", "maria", "david", "lisa", "peter", "sam", "emma"),
+    "verb": ("has", "sees", "wants", "needs", "likes"),
+    "verbs": ("have", "see", "want", "need", "like"),
+}
+# Sentence templates: {class} is a word of that class; a class used twice in a template gets
+# two different words ({object} ... {object2}). The other words are fixed.
+GRAMMAR = (
+    "{action} the {colour} {object}",
+    "{action} {number} {colour} {objects}",
+    "put the {size} {colour} {object} {place} the {object2}",
+    "{name} {verb} {number} {size} {objects}",
+    "the {colour} {object} is {place} the {object2}",
+    "please {action} the {object} and the {colour} {object2}",
+    "there are {number} {objects} {place} the {colour} {object2}",
+    "{name} and {name2} {verbs} the {size} {objects}",
+    "{action} the {size} {object} now",
+)
+# Training voices: espeak-ng accents x voice variants, each clip at a random pitch; the held-out
+# voice and speed appear in no training clip.
+TRAIN_ACCENTS = ("en-us", "en-gb", "en-gb-scotland", "en-029")
+TRAIN_VARIANTS = ("", "+m1", "+m2", "+m3", "+m5", "+m6", "+f1", "+f2", "+f4", "+f5")
+TRAIN_SPEEDS = (140, 155, 170, 195, 210)  # words per minute
+TRAIN_PITCHES = (30, 70)  # espeak-ng -p range (0-99, default 50)
+HELD_OUT_VOICE, HELD_OUT_SPEED, HELD_OUT_PITCH = "en-us+m4", 180, 50
+
+# Ogg Opus at libsndfile's strongest compression (about 10 kbit/s at 16 kHz): keeps the corpus
+# small; the word boundaries and the counted clicks and beeps survive it (tests/test_demo_corpus.py).
+OPUS_COMPRESSION = 1.0
 
 NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven",
                 8: "eight", 9: "nine", 10: "ten", 11: "eleven"}
 
 
+def vocabulary() -> List[str]:
+  """Every word the grammar can say, sorted."""
+  fixed = {w for t in GRAMMAR for w in t.split() if not w.startswith("{")}
+  return sorted(fixed | {w for words in WORDS.values() for w in words})
+
+
+def make_sentence(rng: np.random.Generator) -> str:
+  """One random sentence of the grammar."""
+  template = GRAMMAR[rng.integers(len(GRAMMAR))]
+  words = []
+  used: Dict[str, set] = {}
+  for token in template.split():
+    if not token.startswith("{"):
+      words.append(token)
+      continue
+    word_class = token.strip("{}").rstrip("0123456789")
+    choices = [w for w in WORDS[word_class] if w not in used.get(word_class, set())]
+    word = choices[rng.integers(len(choices))]
+    used.setdefault(word_class, set()).add(word)
+    words.append(word)
+  return " ".join(words)
+
+
+def split_sentences(n_train: int, n_eval: int, rng: np.random.Generator
+                    ) -> Tuple[List[str], List[str]]:
+  """Distinct sentences for each split, none in both; every held-out word is a training word."""
+  seen = set()
+  sentences = []
+  while len(sentences) < n_train + n_eval:
+    sentence = make_sentence(rng)
+    if sentence not in seen:
+      seen.add(sentence)
+      sentences.append(sentence)
+  held_out, train = sentences[:n_eval], sentences[n_eval:]
+  known = set(itertools.chain.from_iterable(s.split() for s in train))
+  unknown = sorted({w for s in held_out for w in s.split()} - known)
+  if unknown:
+    raise SystemExit(f"held-out words never spoken in training: {unknown}; raise "
+                     "--train-speech")
+  return train, held_out
+
+
 # --------------------------------------------------------------------------- speech
 
 
-def speak_word(word: str, voice: str, speed: int, workdir: str) -> np.ndarray:
-  """One word from espeak-ng, at 16 kHz, with its leading/trailing silence trimmed."""
-  path = os.path.join(workdir, "word.wav")
-  subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-w", path, word], check=True,
-                 capture_output=True)
-  wave, rate = sf.read(path, dtype="float32")
-  wave = soxr.resample(wave, rate, RATE, quality="HQ")
-  frame = 160
-  energy = np.sqrt(np.convolve(wave ** 2, np.ones(frame) / frame, mode="same"))
-  loud = np.flatnonzero(energy > 0.02 * energy.max())
-  return wave[loud[0]:loud[-1] + 1]
+class Speaker:
+  """espeak-ng words at 16 kHz with their leading/trailing silence trimmed, cached (a word said
+  by one voice at one speed and pitch is always the same samples)."""
 
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "word.wav")
+    self.cache: Dict[Tuple[str, str, int, int], np.ndarray] = {}
 
-def speech_clip(sentence: str, voice: str, speed: int, rng: np.random.Generator, workdir: str
-                ) -> Tuple[np.ndarray, List[Dict]]:
-  """A sentence spoken word by word with pauses, and the words' times in seconds."""
-  pieces = [np.zeros(int(rng.uniform(0.15, 0.35) * RATE), np.float32)]
-  words, cursor = [], len(pieces[0])
-  for word in sentence.split():
-    audio = speak_word(word, voice, speed, workdir)
-    words.append({"word": word, "start": round(cursor / RATE, 2),
-                  "end": round((cursor + len(audio)) / RATE, 2)})
-    pause = np.zeros(int(rng.uniform(0.06, 0.18) * RATE), np.float32)
-    pieces += [audio, pause]
-    cursor += len(audio) + len(pause)
-  pieces.append(np.zeros(int(rng.uniform(0.1, 0.3) * RATE), np.float32))
-  wave = np.concatenate(pieces)
-  return 0.8 * wave / np.abs(wave).max(), words
+  def word(self, word: str, voice: str, speed: int, pitch: int) -> np.ndarray:
+    key = (word, voice, speed, pitch)
+    if key not in self.cache:
+      subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "-w",
+                      self.path, word], check=True, capture_output=True)
+      wave, rate = sf.read(self.path, dtype="float32")
+      wave = soxr.resample(wave, rate, RATE, quality="HQ")
+      frame = 160
+      energy = np.sqrt(np.convolve(wave ** 2, np.ones(frame) / frame, mode="same"))
+      loud = np.flatnonzero(energy > 0.02 * energy.max())
+      self.cache[key] = wave[loud[0]:loud[-1] + 1]
+    return self.cache[key]
+
+  def sentence(self, sentence: str, voice: str, speed: int, pitch: int,
+               rng: np.random.Generator) -> Tuple[np.ndarray, List[Dict]]:
+    """A sentence spoken word by word with pauses, and the words' times in seconds."""
+    pieces = [np.zeros(int(rng.uniform(0.1, 0.25) * RATE), np.float32)]
+    words, cursor = [], len(pieces[0])
+    for word in sentence.split():
+      audio = self.word(word, voice, speed, pitch)
+      words.append({"word": word, "start": round(cursor / RATE, 2),
+                    "end": round((cursor + len(audio)) / RATE, 2)})
+      pause = np.zeros(int(rng.uniform(0.05, 0.15) * RATE), np.float32)
+      pieces += [audio, pause]
+      cursor += len(audio) + len(pause)
+    pieces.append(np.zeros(int(rng.uniform(0.1, 0.2) * RATE), np.float32))
+    wave = np.concatenate(pieces)
+    return 0.8 * wave / np.abs(wave).max(), words
 
 
 # --------------------------------------------------------------------------- sounds
@@ -179,8 +232,8 @@ def make_sound(kind: str, rng: np.random.Generator) -> Tuple[np.ndarray, Dict]:
     info = dict(label="noise", phrase="a burst of noise",
                 caption="A burst of static hiss fades in and out.")
   elif kind == "clicks":
-    count = int(rng.integers(4, 12))
-    gap = rng.uniform(0.08, 0.2)
+    count = int(rng.integers(2, 8))
+    gap = rng.uniform(0.12, 0.25)
     wave = _silence(0.2 + count * gap)
     for i in range(count):
       start = int((0.1 + i * gap) * RATE)
@@ -203,7 +256,8 @@ SOUND_KINDS = ("beeps", "sweep", "siren", "chord", "noise", "clicks")
 
 def write_clip(out_dir: str, name: str, wave: np.ndarray) -> str:
   relative = f"audio/{name}.ogg"
-  sf.write(os.path.join(out_dir, relative), wave, RATE, format="OGG", subtype="VORBIS")
+  sf.write(os.path.join(out_dir, relative), wave, RATE, format="OGG", subtype="OPUS",
+           compression_level=OPUS_COMPRESSION)
   return relative
 
 
@@ -238,18 +292,29 @@ def chat_rows(speech: List[Dict], sounds: List[Dict], rng: np.random.Generator) 
   return [rows[i] for i in order]
 
 
-def build_split(split: str, sentences: List[str], n_sounds: int, out_dir: str,
-                rng: np.random.Generator, workdir: str) -> List[Dict]:
+def speech_voices(split: str, count: int, rng: np.random.Generator
+                  ) -> List[Tuple[str, int, int]]:
+  """(voice, speed, pitch) of each clip: random training voices, or the held-out one."""
+  if split == "eval":
+    return [(HELD_OUT_VOICE, HELD_OUT_SPEED, HELD_OUT_PITCH)] * count
+  return [(TRAIN_ACCENTS[rng.integers(len(TRAIN_ACCENTS))]
+           + TRAIN_VARIANTS[rng.integers(len(TRAIN_VARIANTS))],
+           int(TRAIN_SPEEDS[rng.integers(len(TRAIN_SPEEDS))]),
+           int(TRAIN_PITCHES[rng.integers(len(TRAIN_PITCHES))])) for _ in range(count)]
+
+
+def build_split(split: str, sentences: Sequence[str], n_sounds: int, out_dir: str,
+                rng: np.random.Generator, speaker: Speaker) -> List[Dict]:
   rows, speech, sounds = [], [], []
-  for i, sentence in enumerate(sentences):
-    voice, speed = VOICES[rng.integers(len(VOICES))], SPEEDS[rng.integers(len(SPEEDS))]
-    wave, words = speech_clip(sentence, voice, speed, rng, workdir)
+  for i, (sentence, (voice, speed, pitch)) in enumerate(
+      zip(sentences, speech_voices(split, len(sentences), rng))):
+    wave, words = speaker.sentence(sentence, voice, speed, pitch, rng)
     clip_id = f"{split}-speech-{i:03d}"
     audio = write_clip(out_dir, clip_id, wave)
     speech.append({"id": clip_id, "audio": audio, "text": sentence})
     rows.append({"id": f"asr-{clip_id}", "task": "asr", "audio": audio, "audio_language": "en",
                  "text": sentence, "text_language": "en", "itn": False,
-                 "voice": voice, "speed": speed})
+                 "voice": voice, "speed": speed, "pitch": pitch})
     rows.append({"id": f"srwt-{clip_id}", "task": "srwt", "audio": audio,
                  "audio_language": "en", "text_language": "en", "words": words,
                  "text": sentence})
@@ -274,35 +339,52 @@ def build_split(split: str, sentences: List[str], n_sounds: int, out_dir: str,
   return rows
 
 
+COUNT_QUESTIONS = ("How many beeps are there?", "How many clicks are there?")
+COUNT_MANIFEST = "eval_count.jsonl"
+
+
+def count_rows(rows: Sequence[Dict]) -> List[Dict]:
+  """The counting questions among `rows` (held out in `eval_count.jsonl` for their own score)."""
+  return [r for r in rows if r["task"] == "aqa" and r["question"] in COUNT_QUESTIONS]
+
+
+def write_manifest(path: str, rows: Sequence[Dict]) -> None:
+  with open(path, "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "demo"))
   parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--eval-sentences", type=int, default=8)
-  parser.add_argument("--train-voices", type=int, default=2,
-                      help="times each training sentence is spoken (by other voices / speeds)")
-  parser.add_argument("--train-sounds", type=int, default=60)
-  parser.add_argument("--eval-sounds", type=int, default=12)
+  parser.add_argument("--train-speech", type=int, default=640,
+                      help="training speech clips (distinct sentences, random training voices)")
+  parser.add_argument("--eval-speech", type=int, default=48,
+                      help="held-out speech clips (new sentences, the held-out voice and speed)")
+  parser.add_argument("--train-sounds", type=int, default=480)
+  parser.add_argument("--eval-sounds", type=int, default=96)
   args = parser.parse_args(argv)
   if shutil.which("espeak-ng") is None:
     raise SystemExit("espeak-ng is not installed (apt-get install espeak-ng)")
   rng = np.random.default_rng(args.seed)
   shutil.rmtree(os.path.join(args.out, "audio"), ignore_errors=True)
   os.makedirs(os.path.join(args.out, "audio"))
-  sentences = list(SENTENCES)
-  held_out = args.eval_sentences
-  splits = {"train": (sentences[held_out:] * args.train_voices, args.train_sounds),
-            "eval": (sentences[:held_out], args.eval_sounds)}
+  train_sentences, eval_sentences = split_sentences(args.train_speech, args.eval_speech, rng)
+  splits = {"train": (train_sentences, args.train_sounds),
+            "eval": (eval_sentences, args.eval_sounds)}
   with tempfile.TemporaryDirectory() as workdir:
-    for split, (split_sentences, n_sounds) in splits.items():
-      rows = build_split(split, split_sentences, n_sounds, args.out, rng, workdir)
-      with open(os.path.join(args.out, f"{split}.jsonl"), "w", encoding="utf-8") as f:
-        for row in rows:
-          f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    speaker = Speaker(workdir)
+    for split, (sentences, n_sounds) in splits.items():
+      rows = build_split(split, sentences, n_sounds, args.out, rng, speaker)
+      write_manifest(os.path.join(args.out, f"{split}.jsonl"), rows)
+      if split == "eval":
+        write_manifest(os.path.join(args.out, COUNT_MANIFEST), count_rows(rows))
       counts = {}
       for row in rows:
         counts[row["task"]] = counts.get(row["task"], 0) + 1
       print(f"{split}: {len(rows)} rows {dict(sorted(counts.items()))}")
+  print(f"vocabulary: {len(vocabulary())} words")
 
 
 if __name__ == "__main__":

@@ -171,15 +171,29 @@ class Manifest:
   tasks: List[str]  # task name of each kept row
   rejections: List[Rejection]
   total_rows: int  # rows considered: kept + refused (rows of other tasks are not counted)
+  # Of the refused rows, those no task filter could select (not JSON, not an object, no or an
+  # unknown task); counted only when `count_unowned` was set.
+  unowned_rows: int = 0
 
   def __len__(self) -> int:
     return len(self.offsets)
 
 
+def _owner_task(row: Any, known: Iterable[str]) -> Optional[str]:
+  """The row's task when it names a known one; None for rows no task filter can select."""
+  task = row.get("task") if isinstance(row, dict) else None
+  return task if isinstance(task, str) and task in known else None
+
+
 def read_manifest(path: str, *, tasks: Optional[Sequence[str]] = None,
                   known_tasks: Optional[Iterable[str]] = None, task_id: int = 0,
-                  strict: bool = False) -> Manifest:
+                  strict: bool = False, count_unowned: bool = True) -> Manifest:
   """Scans and validates a manifest.
+
+  A row of another task than `tasks` is skipped uncounted (another mixture entry reads it). A
+  row that no entry can own (invalid JSON, not an object, no task or an unknown one) is refused
+  and counted, under this entry, when `count_unowned` is set; a pipeline whose entries share a
+  file sets it for the first entry only, so that each physical row is counted once.
 
   Args:
     path: local path or etils.epath URI of the .jsonl file.
@@ -187,6 +201,7 @@ def read_manifest(path: str, *, tasks: Optional[Sequence[str]] = None,
     known_tasks: accepted task names (default: the tasks of qwen_audio_jax.text plus 'chat').
     task_id: the mixture task the refused rows are counted under.
     strict: raise ManifestError at the first bad row instead of collecting it.
+    count_unowned: count the rows no entry can own here (else skip them silently).
   """
   known = set(known_tasks) if known_tasks is not None else set(known_task_names())
   wanted = set(tasks) if tasks else None
@@ -197,7 +212,7 @@ def read_manifest(path: str, *, tasks: Optional[Sequence[str]] = None,
   if not file.exists():
     raise FileNotFoundError(f"manifest {path} does not exist")
   offsets, line_numbers, row_tasks, rejections = [], [], [], []
-  total = 0
+  total = unowned = 0
   offset = 0
   with file.open("rb") as f:
     for line_number, line in enumerate(f, start=1):
@@ -208,12 +223,19 @@ def read_manifest(path: str, *, tasks: Optional[Sequence[str]] = None,
       try:
         try:
           row = json.loads(line)
+          owner = _owner_task(row, known)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-          total += 1
-          raise ManifestError(f"{where}: invalid JSON ({e})") from None
-        if isinstance(row, dict) and wanted is not None and row.get("task") not in wanted:
+          row, owner, error = None, None, f"{where}: invalid JSON ({e})"
+        else:
+          error = None
+        if owner is not None and wanted is not None and owner not in wanted:
           continue  # another task's row: not an error, not counted
+        if owner is None and not count_unowned:
+          continue  # no entry can own it; counted by the first entry that reads this file
         total += 1
+        unowned += owner is None
+        if error is not None:
+          raise ManifestError(error)
         validate_row(row, where, known)
       except ManifestError as e:
         if strict:
@@ -224,7 +246,7 @@ def read_manifest(path: str, *, tasks: Optional[Sequence[str]] = None,
       line_numbers.append(line_number)
       row_tasks.append(sys.intern(row["task"]))
   return Manifest(str(path), np.asarray(offsets, np.int64), np.asarray(line_numbers, np.int64),
-                  row_tasks, rejections, total)
+                  row_tasks, rejections, total, unowned)
 
 
 def read_row(file, manifest: Manifest, index: int) -> Dict[str, Any]:

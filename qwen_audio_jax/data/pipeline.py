@@ -11,7 +11,8 @@ then: weighted mixture of the tasks (grain's deterministic interleave by weight;
 chains the tasks instead) -> packing or one example per row -> length grouping (optional:
 similar lengths share a batch, `length_grouping.py`) -> fixed-shape batches (padded to a text
 and an audio bucket) ->
-worker processes with prefetch. The main process sums the counts that ride along the batches
+worker processes with prefetch (they die with the process that started them: workers.py).
+The main process sums the counts that ride along the batches
 (`DataStats`) and stops the run past the bad-data limit. The order of batches depends only on
 the config (seed included), the worker count and the process index / count.
 """
@@ -26,7 +27,7 @@ import numpy as np
 from qwen_audio_jax.audio import buckets as audio_buckets
 from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.data import config as config_lib
-from qwen_audio_jax.data import batching, datasets
+from qwen_audio_jax.data import batching, datasets, workers
 from qwen_audio_jax.data.length_grouping import LengthGroupIterDataset
 from qwen_audio_jax.data.sources import ArrayRecordSource, JsonlSource, expand_paths
 from qwen_audio_jax.data.stats import DataStats, StatsDelta
@@ -34,12 +35,12 @@ from qwen_audio_jax.data.transforms import ExampleBuilder, load_tokenizer
 
 
 def make_source(entry: ml_collections.ConfigDict, *, name: str, task_id: int,
-                known_tasks=None):
-  """The random-access source of one mixture entry."""
+                known_tasks=None, counted_files=None):
+  """The random-access source of one mixture entry (`counted_files`: see JsonlSource)."""
   if entry.source == "jsonl":
     tasks = [t.strip() for t in entry.tasks.split(",") if t.strip()] or None
     return JsonlSource(expand_paths(entry.paths, f"mixture.{name}.paths"), tasks=tasks,
-                       known_tasks=known_tasks, task_id=task_id)
+                       known_tasks=known_tasks, task_id=task_id, counted_files=counted_files)
   if entry.source == "array_record":
     return ArrayRecordSource(expand_paths(entry.paths, f"mixture.{name}.paths"))
   from qwen_audio_jax.data.tfds_source import TfdsSource  # pylint: disable=g-import-not-at-top
@@ -121,9 +122,10 @@ class DataPipeline:
     self._tokenizer = tokenizer
     self._load_stats = self._new_stats()
     self.sources = []
+    counted_files = set()  # each unowned manifest row is counted by one entry only
     for task_id, name in enumerate(self.task_names):
       source = make_source(config.mixture[name], name=name, task_id=task_id,
-                           known_tasks=known_tasks)
+                           known_tasks=known_tasks, counted_files=counted_files)
       if hasattr(source, "rejections"):
         self._load_stats.record_load_rejections(name, source.rejections, source.total_rows)
       if len(source) == 0:
@@ -206,7 +208,8 @@ class DataPipeline:
       if c.worker_math_threads:
         _limit_math_threads_of_new_processes(c.worker_math_threads)
       batches = batches.mp_prefetch(grain.MultiprocessingOptions(
-          num_workers=c.worker_count, per_worker_buffer_size=c.worker_buffer_size))
+          num_workers=c.worker_count, per_worker_buffer_size=c.worker_buffer_size),
+          worker_init_fn=workers.die_with_parent())
     return batches
 
   def padding_batch(self) -> Dict[str, np.ndarray]:

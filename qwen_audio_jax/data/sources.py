@@ -7,8 +7,9 @@ example with `error` set, and the transform counts it. TFDS sources live in `tfd
 """
 
 import dataclasses
+import os
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 from etils import epath
@@ -53,12 +54,24 @@ def expand_paths(spec: str, what: str = "paths") -> List[str]:
 
 
 class JsonlSource:
-  """The good rows of one or more JSONL manifests (validated once, re-read by byte offset)."""
+  """The good rows of one or more JSONL manifests (validated once, re-read by byte offset).
+
+  `counted_files`, shared by the entries of one mixture, holds the manifests whose unowned rows
+  (invalid JSON, no or an unknown task) an earlier entry has counted already: each such
+  physical row is counted once, by the first entry that reads its file.
+  """
 
   def __init__(self, paths: Sequence[str], *, tasks: Optional[Sequence[str]] = None,
-               known_tasks: Optional[Sequence[str]] = None, task_id: int = 0):
-    self._manifests = [manifest_lib.read_manifest(p, tasks=tasks, known_tasks=known_tasks,
-                                                  task_id=task_id) for p in paths]
+               known_tasks: Optional[Sequence[str]] = None, task_id: int = 0,
+               counted_files: Optional[Set[str]] = None):
+    counted_files = set() if counted_files is None else counted_files
+    self._manifests = []
+    for path in paths:
+      key = path if "://" in path else os.path.realpath(path)
+      self._manifests.append(manifest_lib.read_manifest(
+          path, tasks=tasks, known_tasks=known_tasks, task_id=task_id,
+          count_unowned=key not in counted_files))
+      counted_files.add(key)
     self._ends = np.cumsum([len(m) for m in self._manifests])
     self.rejections: List[Rejection] = [r for m in self._manifests for r in m.rejections]
     self.total_rows = sum(m.total_rows for m in self._manifests)

@@ -11,6 +11,8 @@ import collections
 import dataclasses
 from typing import Any, Dict, List, Mapping, Sequence
 
+from qwen_audio_jax.errors import DataQualityError  # pylint: disable=unused-import (re-exported)
+
 # Bad data: the example itself is broken. These count towards the abort threshold.
 BAD_REASONS = (
     "unreadable",  # the audio cannot be opened or decoded
@@ -19,16 +21,13 @@ BAD_REASONS = (
     "too_long",  # longer than max_audio_seconds (when long_audio='skip')
     "too_short",  # too short to yield a single audio token
     "malformed",  # the row (JSON, fields, task-specific validation) is invalid
+    "truncated_audio",  # the file is cut short of the length its container states
 )
 # Examples that are fine but do not fit the configured shapes; dropped by rule, counted.
 RULE_REASONS = (
     "text_too_long",  # more tokens than the largest text bucket (and truncation impossible)
     "too_many_clips",  # more clips than max_clips_per_row
 )
-
-
-class DataQualityError(RuntimeError):
-  """Raised when a task's share of bad examples passes the configured limit."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,14 +146,18 @@ class DataStats:
 
   def record_load_rejections(self, task_name: str, rejections: Sequence[Rejection],
                              total_rows: int) -> None:
-    """Rows refused when a manifest was read; raises if they alone pass the bad fraction."""
+    """Rows refused when a manifest was read; raises if they alone pass the bad fraction.
+
+    The same rule as `check`: only once at least `min_examples` rows were read (a manifest
+    smaller than that is never aborted on here; its refused rows are counted and reported).
+    """
     task = self.load_rejected[task_name]
     for rejection in rejections:
       task.rejected[rejection.reason] = task.rejected.get(rejection.reason, 0) + 1
       if len(task.first_rejected) < self.keep_first:
         task.first_rejected.append(rejection.describe())
     task.examples = total_rows - len(rejections)
-    if total_rows and len(rejections) / total_rows > self.max_bad_fraction:
+    if total_rows >= self.min_examples and len(rejections) / total_rows > self.max_bad_fraction:
       raise DataQualityError(
           f"task {task_name!r}: {len(rejections)} of {total_rows} rows are malformed "
           f"(limit {self.max_bad_fraction:.2%}); first: " + "; ".join(task.first_rejected))

@@ -87,6 +87,7 @@ def waveform_from_array(samples: np.ndarray, sample_rate: int, start: Optional[f
 # Fragments of audio.io's AudioError messages that say why a clip is unusable (anything else is
 # 'unreadable').
 _AUDIO_ERROR_REASONS = (
+    ("truncated audio", "truncated_audio"),
     ("NaN or infinite", "non_finite"),
     ("holds no audio samples", "empty"),
     ("no samples could be decoded", "empty"),

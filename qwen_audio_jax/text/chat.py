@@ -1,4 +1,4 @@
-"""Stage-2 ChatML dialogues (Qwen-Audio-Chat).
+"""Stage-2 ChatML dialogues, written exactly as each model family writes them.
 
     <|im_start|>system
     You are a helpful assistant.<|im_end|>
@@ -8,13 +8,24 @@
     <|im_start|>assistant
     ...<|im_end|>
 
-Turns are joined by a newline; clips are numbered `Audio 1:`, `Audio 2:` ... across the whole
-dialogue, each followed by a newline, as Qwen-Audio-Chat's `from_list_format` writes them. The
-ids follow Qwen-Audio-Chat's `make_context`: `<|im_start|>`, the role, a newline and the content
-are tokenised separately, and inside a content only the audio vocabulary's specials (`<audio>`,
-timestamps, task tags, ...) are special, so that a message holding the text `<|im_end|>` cannot
-close its turn. The loss (`target_mask`) falls on each assistant turn's content and its closing
-`<|im_end|>`, nothing else.
+The clip labels are a property of the model family (`ChatFormat`, `format_for`):
+
+- Qwen-Audio-Chat (`QWEN_AUDIO_CHAT`): its tokenizer's `from_list_format` writes each clip of
+  one query as `Audio {n}:<audio>PATH</audio>\n`, n counting from 1 within that query, and the
+  released usage calls it once per turn, so every user turn's first clip is `Audio 1:` again.
+  Turns are joined by a newline (the release's `make_context`, chatml).
+- Qwen2-Audio(-Instruct) (`QWEN2_AUDIO`): the chat template of transformers'
+  `Qwen2AudioProcessor` writes `Audio {n}: <|audio_bos|><|AUDIO|><|audio_eos|>\n` (a space
+  after the colon; here the clip span is `<audio>PATH</audio>`, which its tokenizer turns into
+  those tokens), n counting across the whole dialogue, and ends every turn with a newline.
+
+Both insert the default system prompt when the dialogue does not open with one. `<|im_start|>`,
+the role, a newline and the content are tokenised separately (as `make_context` does; for the
+template's one-string tokenisation this is the same wherever a content does not start with
+whitespace, since the pre-tokeniser splits there anyway), and inside a content only the audio
+vocabulary's specials (`<audio>`, timestamps, task tags, ...) are special, so that a message
+holding the text `<|im_end|>` cannot close its turn. The loss (`target_mask`) falls on each
+assistant turn's content and its closing `<|im_end|>`, nothing else.
 
 A row is `{"task": "chat", "messages": [{"role": "system" | "user" | "assistant", "content":
 str | [{"text": ...} | {"audio": path, "start"?: s, "end"?: s}]}]}`; without a leading system
@@ -37,6 +48,37 @@ NO_SPECIALS: frozenset = frozenset()
 
 
 @dataclasses.dataclass(frozen=True)
+class ChatFormat:
+  """How a model family writes clips and turns into ChatML."""
+  family: str  # the model family it belongs to (QwenAudioConfig.family, tokenizer.family)
+  clip_label: str  # written before each clip's span; {n} is the clip's number
+  numbered_per_turn: bool  # True: each user turn numbers its clips from 1
+  newline_after_last_turn: bool  # every turn, the last included, ends with a newline
+  default_system: str = DEFAULT_SYSTEM
+
+
+QWEN_AUDIO_CHAT = ChatFormat("qwen_audio", "Audio {n}:", numbered_per_turn=True,
+                             newline_after_last_turn=False)
+QWEN2_AUDIO = ChatFormat("qwen2_audio", "Audio {n}: ", numbered_per_turn=False,
+                         newline_after_last_turn=True)
+CHAT_FORMATS = {f.family: f for f in (QWEN_AUDIO_CHAT, QWEN2_AUDIO)}
+
+
+def format_for(family_of: Any = None) -> ChatFormat:
+  """The chat format of a family: given by name, or by anything with a `family` (a
+  QwenAudioConfig, a tokenizer, a ChatFormat); None: Qwen-Audio-Chat's."""
+  if family_of is None:
+    return QWEN_AUDIO_CHAT
+  if isinstance(family_of, ChatFormat):
+    return family_of
+  family = family_of if isinstance(family_of, str) else getattr(family_of, "family", None)
+  if family not in CHAT_FORMATS:
+    raise ValueError(f"no chat format for model family {family!r}; expected one of "
+                     f"{sorted(CHAT_FORMATS)}")
+  return CHAT_FORMATS[family]
+
+
+@dataclasses.dataclass(frozen=True)
 class Piece:
   """A run of dialogue text tokenised on its own."""
   text: str
@@ -44,7 +86,8 @@ class Piece:
   allowed_special: frozenset  # surface forms read as special tokens inside `text`
 
 
-def content_text(content: Any, clip_number: int, where: str) -> Tuple[str, int]:
+def content_text(content: Any, clip_number: int, where: str,
+                 chat_format: ChatFormat = QWEN_AUDIO_CHAT) -> Tuple[str, int]:
   """A message's content as text with numbered clips, and the last clip number used."""
   if isinstance(content, str):
     return content, clip_number
@@ -57,26 +100,29 @@ def content_text(content: Any, clip_number: int, where: str) -> Tuple[str, int]:
       text += item["text"]
     elif isinstance(item, Mapping) and isinstance(item.get("audio"), str) and item["audio"]:
       clip_number += 1
-      text += f"Audio {clip_number}:{audio_reference(item['audio'])}\n"
+      label = chat_format.clip_label.format(n=clip_number)
+      text += label + audio_reference(item["audio"]) + "\n"
     else:
       raise ValueError(f"{where}: content[{i}] must be {{'text': str}} or {{'audio': path}}, got "
                        f"{item!r}")
   return text, clip_number
 
 
-def dialogue_pieces(messages: Sequence[Mapping[str, Any]], *, generation_prompt: bool = False
-                    ) -> List[Piece]:
+def dialogue_pieces(messages: Sequence[Mapping[str, Any]], *, generation_prompt: bool = False,
+                    chat_format: Any = None) -> List[Piece]:
   """The dialogue in ChatML as separately tokenised pieces, a system turn added when missing.
 
   generation_prompt: end with `<|im_start|>assistant\\n` (for generating the next answer);
   otherwise the dialogue must end with an assistant turn (for training).
+  chat_format: a ChatFormat or a family (see `format_for`); default Qwen-Audio-Chat's.
   """
+  chat_format = format_for(chat_format)
   if not isinstance(messages, (list, tuple)) or not messages:
     raise ValueError("field 'messages' must be a non-empty list of {role, content}")
   messages = list(messages)
   offset = 0  # messages[i] is the row's message i - offset
   if not (isinstance(messages[0], Mapping) and messages[0].get("role") == "system"):
-    messages.insert(0, {"role": "system", "content": DEFAULT_SYSTEM})
+    messages.insert(0, {"role": "system", "content": chat_format.default_system})
     offset = 1
   pieces: List[Piece] = []
   clips = 0
@@ -92,7 +138,9 @@ def dialogue_pieces(messages: Sequence[Mapping[str, Any]], *, generation_prompt:
       raise ValueError(f"{where}: two {role} messages in a row (user and assistant alternate)")
     if i == 1 and role != "user":
       raise ValueError(f"{where}: the first turn after the system prompt must be a user message")
-    text, new_clips = content_text(message.get("content"), clips, where)
+    if chat_format.numbered_per_turn:
+      clips = 0
+    text, new_clips = content_text(message.get("content"), clips, where, chat_format)
     if role != "user" and new_clips != clips:
       raise ValueError(f"{where}: only user messages may hold audio")
     clips = new_clips
@@ -109,6 +157,8 @@ def dialogue_pieces(messages: Sequence[Mapping[str, Any]], *, generation_prompt:
                Piece("assistant", False, NO_SPECIALS), Piece("\n", False, NO_SPECIALS)]
   elif messages[-1]["role"] != "assistant":
     raise ValueError("field 'messages': a training dialogue must end with an assistant turn")
+  elif chat_format.newline_after_last_turn:
+    pieces.append(Piece("\n", False, NO_SPECIALS))
   return pieces
 
 
@@ -134,27 +184,32 @@ def _encode(pieces: Sequence[Piece], tokenizer, num_samples: Sequence[int]) -> E
                         np.asarray(starts, np.int32), "chat")
 
 
-def encode_dialogue(row: Mapping[str, Any], tokenizer, num_samples: Sequence[int]
-                    ) -> EncodedExample:
+def encode_dialogue(row: Mapping[str, Any], tokenizer, num_samples: Sequence[int],
+                    chat_format: Any = None) -> EncodedExample:
   """A training dialogue: ids, and the loss mask on assistant turns.
 
-  `num_samples`: the sample count (16 kHz) of each clip, in order of appearance.
+  `num_samples`: the sample count (16 kHz) of each clip, in order of appearance. chat_format:
+  default the tokenizer's family's (Qwen2-Audio's for its transformers tokenizer).
   """
   if not isinstance(row, Mapping):
     raise ValueError(f"a chat row must be a mapping of fields, got {type(row).__name__}")
-  return _encode(dialogue_pieces(row.get("messages")), tokenizer, num_samples)
+  pieces = dialogue_pieces(row.get("messages"), chat_format=chat_format or format_for(tokenizer))
+  return _encode(pieces, tokenizer, num_samples)
 
 
 def encode_chat_prompt(messages: Sequence[Mapping[str, Any]], tokenizer,
-                       num_samples: Sequence[int]) -> EncodedExample:
+                       num_samples: Sequence[int], chat_format: Any = None) -> EncodedExample:
   """The dialogue so far plus `<|im_start|>assistant\\n`, for generating the next answer."""
-  return _encode(dialogue_pieces(messages, generation_prompt=True), tokenizer, num_samples)
+  pieces = dialogue_pieces(messages, generation_prompt=True,
+                           chat_format=chat_format or format_for(tokenizer))
+  return _encode(pieces, tokenizer, num_samples)
 
 
-def dialogue_text(messages: Sequence[Mapping[str, Any]], *, generation_prompt: bool = False
-                  ) -> str:
+def dialogue_text(messages: Sequence[Mapping[str, Any]], *, generation_prompt: bool = False,
+                  chat_format: Any = None) -> str:
   """The dialogue as one ChatML string (with `<audio>PATH</audio>` spans)."""
-  return "".join(p.text for p in dialogue_pieces(messages, generation_prompt=generation_prompt))
+  return "".join(p.text for p in dialogue_pieces(messages, generation_prompt=generation_prompt,
+                                                 chat_format=chat_format))
 
 
 def response_text(ids: Sequence[int], tokenizer, stop_ids: Optional[Sequence[int]] = None

@@ -41,7 +41,8 @@ Choices made where the released material is silent (kept consistent across famil
   * SRWT: each word is wrapped by its start and end tokens,
     `<|0.00|>hello<|0.48|><|0.52|> world<|0.90|>`: the space that separates words (none for
     zh / ja / zh_tr) stays in front of the word, as BPE prefers. Times are rounded to 0.01 s
-    (halves up) and clamped to the clip's duration and 30 s (`timestamps`). The released SRWT
+    (halves up) and clamped to the clip's duration and 30 s (`timestamps`); a word ending more
+    than 0.05 s past the clip is refused. The released SRWT
     evaluation appends `<|0.00|>` to the prompt: `encode_prompt(..., response_prefix="<|0.00|>")`
     does the same; parse the prefix plus the generated text.
   * Several labels (sound events) are joined with `<|delim|>`, since label names themselves may
@@ -270,6 +271,8 @@ class SRWT(Task):
         raise ValueError(f"field 'words'[{i}] starts at {start} s, before the previous word "
                          f"ends ({previous_end} s)")
       previous_end = end
+      timestamps.check_within_clip(end, clip_seconds,
+                                   f"field 'words'[{i}] ({word['word']!r}): end")
       pieces.append(timestamps.format_timestamp(start, clip_seconds) + (separator if i else "")
                     + word["word"].strip() + timestamps.format_timestamp(end, clip_seconds))
     return "".join(pieces)

@@ -3,7 +3,8 @@
 Quantisation rounds to the nearest hundredth, halves up, on the decimal value of the float as
 written (so 1.005 s -> `<|1.01|>`, as a person reading the label would expect, though the binary
 float 1.005 lies just below 1.005), then clamps to [0, limit], where the limit is the clip's
-duration (rounded down to a hundredth) and never more than 30 s.
+duration (rounded down to a hundredth) and never more than 30 s. Labels past the clip's end by
+more than `BEYOND_CLIP_TOLERANCE_SECONDS` are refused (`check_within_clip`), not clamped.
 """
 
 import decimal
@@ -16,6 +17,10 @@ from qwen_audio_jax.text import specials
 MAX_CENTISECONDS = specials.TIMESTAMP_STEPS - 1  # 3000: <|30.00|>
 MAX_SECONDS = MAX_CENTISECONDS * specials.TIMESTAMP_RESOLUTION
 TIMESTAMP_PATTERN = re.compile(r"<\|(\d{1,2})\.(\d{2})\|>")
+# How far a labelled time may lie past the end of its clip and still be clamped to it: forced
+# aligners work in 10-20 ms frames, so a last word can end a frame or two after the audio does.
+# Anything later means the labels belong to other audio (or the clip was cut): refused.
+BEYOND_CLIP_TOLERANCE_SECONDS = 0.05
 
 
 def _hundredths(seconds: float, rounding: str) -> int:
@@ -32,6 +37,14 @@ def to_centiseconds(seconds: float, limit: Optional[float] = None) -> int:
   if limit is not None:
     top = max(0, min(top, _hundredths(limit, decimal.ROUND_FLOOR)))
   return max(0, min(_hundredths(seconds, decimal.ROUND_HALF_UP), top))
+
+
+def check_within_clip(seconds: float, clip_seconds: Optional[float], what: str) -> None:
+  """ValueError naming `what` when `seconds` lies past the clip's end by more than the
+  tolerance (such labels were silently clamped to the clip's last hundredth before)."""
+  if clip_seconds is not None and seconds > clip_seconds + BEYOND_CLIP_TOLERANCE_SECONDS:
+    raise ValueError(f"{what} {seconds} s is beyond the end of the clip ({clip_seconds:.2f} s; "
+                     f"tolerance {BEYOND_CLIP_TOLERANCE_SECONDS} s)")
 
 
 def format_timestamp(seconds: float, limit: Optional[float] = None) -> str:

@@ -215,6 +215,7 @@ class AudioTextTokenizer(abc.ABC):
 class QwenAudioTokenizer(AudioTextTokenizer):
   """Qwen-Audio's tokenizer (tiktoken over `qwen.tiktoken` + the special-token table)."""
 
+  family = "qwen_audio"  # the model family of this vocabulary (chat.format_for reads it)
   _cache: Dict[str, "QwenAudioTokenizer"] = {}
 
   def __init__(self, vocab_file: str):
@@ -329,9 +330,11 @@ class HFAudioTokenizer(AudioTextTokenizer):
   Qwen2-Audio marks a clip as `<|audio_bos|><|AUDIO|><|audio_eos|>`; here, as for Qwen-Audio,
   `<audio>PATH</audio>` in a prompt names a clip and becomes `<|audio_bos|>` + `<|AUDIO|>` x
   n_audio + `<|audio_eos|>`. Qwen-Audio's multitask tags are not in this vocabulary (the tasks
-  refuse it); ChatML is, and `chat` writes clips as Qwen-Audio-Chat does (`Audio 1:` with no
-  space before the clip, where Qwen2-Audio's chat template writes `Audio 1: `).
+  refuse it); ChatML is, and `chat` writes dialogues as Qwen2-Audio's chat template does
+  (`family`).
   """
+
+  family = "qwen2_audio"  # the model family of this vocabulary (chat.format_for reads it)
 
   AUDIO_BOS, AUDIO_PAD, AUDIO_EOS = "<|audio_bos|>", "<|AUDIO|>", "<|audio_eos|>"
   _cache: Dict[str, "HFAudioTokenizer"] = {}

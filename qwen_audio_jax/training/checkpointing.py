@@ -9,8 +9,10 @@ Layout of one step (<workdir>/checkpoints/<step>/):
 Orbax writes each step into a temporary directory and renames it only once every item is
 complete (on object stores, a commit marker instead); the manager never lists unfinished steps,
 so a run killed mid-save resumes from the previous complete one, and leftover temporaries are
-removed at start-up. Kept: the latest `keep` steps, plus the best one by an eval metric when
-`keep_best_metric` is set.
+removed at start-up. Before every save the state is checked on the device (`finite.py`): a
+state holding a NaN or an infinity is never written (CheckpointError naming the arrays).
+Kept: the latest `keep` steps, plus the best one by an eval metric when `keep_best_metric` is
+set.
 
 Preemption: SIGTERM sets a flag (`PreemptionWatch`); the loop saves at the next step boundary
 and exits cleanly. On multi-host runs JAX's preemption sync point (Orbax's `reached_preemption`)
@@ -25,12 +27,14 @@ from typing import Any, Dict, Optional
 
 import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 from jax.sharding import NamedSharding, PartitionSpec
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
+
+from qwen_audio_jax.errors import CheckpointError
+from qwen_audio_jax.training import finite
 
 CHECKPOINT_DIR = "checkpoints"
 STATE_ITEM = "state"
@@ -118,14 +122,24 @@ class Checkpoints:
 
   def save(self, step: int, state, data_iterator, *,
            metrics: Optional[Dict[str, float]] = None) -> bool:
-    """Starts saving (asynchronously when configured); False if `step` is already saved."""
+    """Starts saving (asynchronously when configured); False if `step` is already saved.
+
+    Raises CheckpointError, writing nothing, when the state holds a non-finite array.
+    """
     if step in self.manager.all_steps():
       return False
+    savable = to_savable(state)
+    bad = finite.nonfinite_paths(savable)
+    if bad:
+      raise CheckpointError(
+          f"step {step}: the train state holds NaN or infinite values (first: {', '.join(bad)})"
+          f"; not saved, so that a resume never starts from it (latest checkpoint: step "
+          f"{self.latest_step()})")
     if self.keep_best_metric and metrics is not None and self.keep_best_metric not in metrics:
       metrics = None
     saved = self.manager.save(
         step, args=ocp.args.Composite(**{
-            STATE_ITEM: ocp.args.StandardSave(to_savable(state)),
+            STATE_ITEM: ocp.args.StandardSave(savable),
             DATA_ITEM: grain.checkpoint.CheckpointSave(data_iterator)}),
         metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
         force=True)
@@ -163,29 +177,22 @@ def is_run_step_dir(path: str) -> bool:
   return (epath.Path(path) / STATE_ITEM).is_dir()
 
 
-def restore_params_from_step_dir(path: str, abstract_params) -> Any:
-  """Only the parameters of a run's step directory (e.g. stage 2 from a stage-1 step)."""
-  item = {"params": abstract_params}
-  with ocp.PyTreeCheckpointer() as checkpointer:
-    restored = checkpointer.restore(
-        epath.Path(absolute(path)) / STATE_ITEM, args=ocp.args.PyTreeRestore(
-            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-            partial_restore=True))
-  return restored["params"]
-
-
 class PreemptionWatch:
   """SIGTERM -> a flag the loop polls at step boundaries (save, then exit 0).
 
   The handler only sets the flag: the loop decides when it is safe to save. With several
-  processes the flag is combined across hosts so that all stop at the same step.
+  processes JAX's preemption sync point (through Orbax's `reached_preemption`) decides, so that
+  all stop at the same step.
   """
 
   def __init__(self, checkpoints: Optional[Checkpoints] = None):
     self._event = threading.Event()
     self._checkpoints = checkpoints
     self._previous = None
-    if threading.current_thread() is threading.main_thread():
+    # With several processes JAX's preemption notifier (started by jax.distributed) catches
+    # SIGTERM itself and its sync point makes every process stop at the same step without a
+    # collective of ours; a Python handler would replace its handler.
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._on_signal)
 
   def _on_signal(self, signum, frame):
@@ -198,13 +205,12 @@ class PreemptionWatch:
     self._event.set()
 
   def should_stop(self, step: int) -> bool:
-    stop = self._event.is_set()
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      stop = bool(np.any(multihost_utils.process_allgather(np.asarray([stop]))))
-    if not stop and self._checkpoints is not None:
-      stop = self._checkpoints.reached_preemption(step)
-    return stop
+    if self._event.is_set():
+      if jax.process_count() > 1:
+        raise RuntimeError("PreemptionWatch.request() stops one process of a multi-process run; "
+                           "send SIGTERM to every process instead")
+      return True
+    return self._checkpoints is not None and self._checkpoints.reached_preemption(step)
 
   def close(self) -> None:
     if self._previous is not None:

@@ -49,3 +49,16 @@ def initialize(mode: str, env: Optional[Mapping[str, str]] = None) -> Optional[s
 
   jax.distributed.initialize()
   return reason
+
+
+def barrier(name: str, timeout_minutes: int = 60) -> None:
+  """Waits until every process reaches `name` (the coordination service's barrier: no device
+  work). Used after ahead-of-time compilation, whose time differs between hosts, so that the
+  first collective of the run does not wait out a collective library's set-up timeout (Gloo's
+  on CPU is 30 s)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=import-outside-toplevel
+  distributed.global_state.client.wait_at_barrier(f"qwen_audio_jax/{name}",
+                                                  timeout_minutes * 60 * 1000)

@@ -16,6 +16,7 @@ back as jax.Arrays already placed with the mesh's shardings.
 
 import dataclasses
 import os
+import typing
 from typing import Any, Dict, List, Tuple
 
 import flax.linen as nn
@@ -31,6 +32,51 @@ from qwen_audio_jax.model import params as params_lib
 NESTED_MODEL_FIELDS = {"encoder": model_config_lib.EncoderConfig, "llm": model_config_lib.LLMConfig}
 
 
+def _field_type(cls, field: dataclasses.Field) -> type:
+  """The scalar type of a model-config field (Optional[int] -> int)."""
+  hint = typing.get_type_hints(cls)[field.name]
+  args = [a for a in typing.get_args(hint) if a is not type(None)]
+  return args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint
+
+
+def _placeholders(cls, values: Dict[str, Any], where: str) -> ml_collections.ConfigDict:
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  out = ml_collections.ConfigDict()
+  for name, field in fields.items():
+    if name in NESTED_MODEL_FIELDS:
+      out[name] = _placeholders(NESTED_MODEL_FIELDS[name], dict(values.pop(name, None) or {}),
+                                f"{where}.{name}")
+    else:
+      out[name] = ml_collections.config_dict.placeholder(_field_type(cls, field))
+      if name in values:
+        out[name] = values.pop(name)
+  if values:
+    raise ValueError(f"{where}.{sorted(values)[0]}: not a field of {cls.__name__}; expected one "
+                     f"of {sorted(fields)}")
+  return out
+
+
+def model_overrides(**values) -> ml_collections.ConfigDict:
+  """`config.model.overrides`: one typed entry per QwenAudioConfig field (and per `encoder.*` /
+  `llm.*` sub-field), None meaning "the preset's value", so every field can be set from the
+  command line (`--config.model.overrides.llm.depth=4`) and a value of the wrong type is refused
+  by the flag parser with the key named. `values` (nested dicts for encoder / llm) are set."""
+  return _placeholders(model_config_lib.QwenAudioConfig, dict(values), "config.model.overrides")
+
+
+def _set_fields(config_dict) -> Dict[str, Any]:
+  """The entries that are set (not None) of an overrides dict, nested dicts kept."""
+  out = {}
+  for key, value in (config_dict or {}).items():
+    if isinstance(value, dict):
+      value = _set_fields(value)
+      if value:
+        out[key] = value
+    elif value is not None:
+      out[key] = value
+  return out
+
+
 def model_config_from(config: ml_collections.ConfigDict) -> model_config_lib.QwenAudioConfig:
   """The QwenAudioConfig of config.model (preset + overrides; encoder / llm take sub-dicts)."""
   preset = config.model.preset
@@ -38,7 +84,7 @@ def model_config_from(config: ml_collections.ConfigDict) -> model_config_lib.Qwe
     raise ValueError(f"config.model.preset={preset!r}: unknown preset; expected one of "
                      f"{sorted(model_config_lib.PRESETS)}")
   base = model_config_lib.PRESETS[preset]
-  overrides = dict(config.model.overrides.to_dict()) if config.model.overrides else {}
+  overrides = _set_fields(config.model.overrides.to_dict()) if config.model.overrides else {}
   fields = {f.name for f in dataclasses.fields(base)}
   replaced = {}
   for key, value in overrides.items():
@@ -130,24 +176,69 @@ def check_complete(params: Dict, model_config, mesh: Mesh, where: str) -> None:
   _check_against(params, abstract_params(model_config, mesh), where, complete=True)
 
 
-def load_full(path: str, model_config, mesh: Mesh) -> Dict:
-  """Complete parameters from a converted checkpoint or a step directory of a training run."""
-  from qwen_audio_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
+def load_run_step(path: str, model_config, mesh: Mesh) -> Tuple[Dict, str]:
+  """A run's step directory as complete parameters, and what was done with its LoRA factors.
+
+  Read with `checkpoints` (the run's own configuration from its workdir). A LoRA run's factors
+  are merged into their kernels, so the new run starts from exactly the model the old run
+  evaluated; LoRA factors of the new run (if any) start from zero on top of it.
+  """
+  from qwen_audio_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  from qwen_audio_jax.training import lora  # pylint: disable=g-import-not-at-top
+  where = f"config.init.checkpoint={path!r}"
+  run_config = checkpoints.read_run_config(path)
+  run_model = checkpoints.run_model_config(path)
+  params, factors = checkpoints.restore_run_params(path, run_model, run_config, mesh)
+  note = ""
+  if factors is not None:
+    params = jax.jit(lambda p, f: lora.merge(run_config, p, f))(params, factors)
+    note = (f" (its LoRA factors, rank {run_config.lora.rank} on {len(factors)} kernels, merged "
+            f"into the weights)")
+    logging.info("%s: LoRA factors of rank %d merged into %d kernels", where,
+                 run_config.lora.rank, len(factors))
   expected = abstract_params(model_config, mesh)
+  _check_against(params, expected, where, complete=True)
+  params = jax.tree.map(lambda x, e: x if x.dtype == e.dtype else x.astype(e.dtype), params,
+                        expected)
+  return params, note
+
+
+def _load_full(path: str, model_config, mesh: Mesh) -> Tuple[Dict, str]:
+  from qwen_audio_jax.training import checkpointing  # pylint: disable=g-import-not-at-top
   if checkpointing.is_run_step_dir(path):
-    params = checkpointing.restore_params_from_step_dir(path, expected)
-  else:
-    params = _load_converted(path, model_config, mesh, "checkpoint")
-  _check_against(params, expected, f"config.init.checkpoint={path!r}", complete=True)
-  return params
+    return load_run_step(path, model_config, mesh)
+  params = _load_converted(path, model_config, mesh, "checkpoint")
+  _check_against(params, abstract_params(model_config, mesh), f"config.init.checkpoint={path!r}",
+                 complete=True)
+  return params, ""
+
+
+def load_full(path: str, model_config, mesh: Mesh) -> Dict:
+  """Complete parameters from a converted checkpoint or a step directory of a training run (a
+  LoRA run's factors merged)."""
+  return _load_full(path, model_config, mesh)[0]
 
 
 def initial_params(config: ml_collections.ConfigDict, model_config, mesh: Mesh,
                    rng: jax.Array) -> Tuple[Dict, List[str]]:
-  """The run's first parameters and a description of where each part came from."""
+  """The run's first parameters and a description of where each part came from; with
+  `config.loss.output_vocab='data'` the head columns of tokens no target contains are zero."""
+  from qwen_audio_jax.training import output_vocab  # pylint: disable=g-import-not-at-top
+  vocab = output_vocab.resolve(config, model_config)
+  params, sources = _initial_params(config, model_config, mesh, rng)
+  if vocab is not None:
+    params = output_vocab.restrict_head(params, model_config, vocab)
+    sources.append(f"output head restricted to the {len(vocab.ids):,} tokens of the training "
+                   f"targets ({vocab.rest:,} columns zero)")
+    logging.info("Initial parameters: %s", sources[-1])
+  return params, sources
+
+
+def _initial_params(config, model_config, mesh, rng):
   init = config.init
   if init.checkpoint:
-    return load_full(init.checkpoint, model_config, mesh), [f"all from {init.checkpoint}"]
+    params, note = _load_full(init.checkpoint, model_config, mesh)
+    return params, [f"all from {init.checkpoint}{note}"]
   params = random_params(model_config, mesh, rng)
   sources, restored = [], set()
   expected = abstract_params(model_config, mesh)

@@ -36,12 +36,26 @@ def _predictions(batch: Dict[str, jax.Array]):
   return ids[:, 1:], valid, batch["task_ids"][:, 1:]
 
 
-def _sums(logits, labels, valid, task_ids, num_tasks: int) -> Dict[str, jax.Array]:
+def _sums(logits, labels, valid, task_ids, num_tasks: int, vocab=None) -> Dict[str, jax.Array]:
+  """Sums from logits over the whole vocabulary, or (with `vocab`, an OutputVocab of
+  training.output_vocab) over its kept tokens, the others having logit 0."""
   logits = logits.astype(jnp.float32)
   log_z = jax.nn.logsumexp(logits, axis=-1)
-  label_logits = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+  if vocab is None:
+    label_logits = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    predicted = jnp.argmax(logits, axis=-1) == labels
+  else:
+    # (V - n) tokens with logit exactly 0 add (V - n) * e^0 to the normaliser; a label among
+    # them has logit 0; a kept token is the prediction only when it beats them.
+    log_z = jnp.logaddexp(log_z, jnp.log(float(vocab.rest)) if vocab.rest else -jnp.inf)
+    index = jnp.asarray(vocab.index_of())[labels]
+    kept = index >= 0
+    label_logits = jnp.where(
+        kept, jnp.take_along_axis(logits, jnp.maximum(index, 0)[..., None], axis=-1)[..., 0], 0.0)
+    beats_rest = (jnp.max(logits, axis=-1) > 0) if vocab.rest else True
+    predicted = kept & (jnp.argmax(logits, axis=-1) == index) & beats_rest
   token_loss = log_z - label_logits
-  correct = (jnp.argmax(logits, axis=-1) == labels) & valid
+  correct = predicted & valid
   weight = valid.astype(jnp.float32)
   tasks = jax.nn.one_hot(task_ids, num_tasks, dtype=jnp.float32)  # -1 -> zeros
   per_task = lambda x: jnp.einsum("bs,bst->t", x * weight, tasks)  # noqa: E731
@@ -64,10 +78,11 @@ def loss_sums(logits: jax.Array, batch: Dict[str, jax.Array], num_tasks: int
 
 
 def chunked_loss_sums(hidden: jax.Array, head: jax.Array, batch: Dict[str, jax.Array],
-                      num_tasks: int, chunk_length: int) -> Dict[str, jax.Array]:
+                      num_tasks: int, chunk_length: int, vocab=None) -> Dict[str, jax.Array]:
   """`loss_sums` from final-normed hidden states [B, T, W] and the output head [W, V], computing
   the logits of the target positions only, `chunk_length` per row at a time (see the module
-  docstring). Rows stay where they are (a batch sharded over devices keeps its sharding)."""
+  docstring). Rows stay where they are (a batch sharded over devices keeps its sharding). With
+  `vocab` (an OutputVocab), `head` holds only its kept columns [W, n]."""
   labels, valid, task_ids = _predictions(batch)
   hidden = hidden[:, :-1]
   rows, positions = labels.shape
@@ -86,7 +101,7 @@ def chunked_loss_sums(hidden: jax.Array, head: jax.Array, batch: Dict[str, jax.A
 
   @jax.checkpoint  # keep only the chunk's inputs; its logits are recomputed for the backward
   def chunk_sums(h, y, v, t):
-    return _sums(project_to_vocab(h, head), y, v, t, num_tasks)
+    return _sums(project_to_vocab(h, head), y, v, t, num_tasks, vocab)
 
   inputs = tuple(split(x) for x in (hidden, labels, valid, task_ids))
   shapes = jax.eval_shape(chunk_sums, *(jax.ShapeDtypeStruct(x.shape[1:], x.dtype)

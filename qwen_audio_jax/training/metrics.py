@@ -15,7 +15,8 @@ from absl import logging
 
 TENSORBOARD_DIR = "tensorboard"
 # Per-step metrics that add up over a logging window (the others are averaged).
-SUMMED = ("target_tokens", "tokens", "audio_seconds", "nonfinite", "task_target_tokens")
+SUMMED = ("target_tokens", "tokens", "audio_seconds", "nonfinite", "nonfinite_update",
+          "task_target_tokens")
 # Per-task means weighted by that task's target tokens in each step (a step without the task
 # says nothing about it).
 TOKEN_WEIGHTED = {"task_loss": "task_target_tokens", "task_accuracy": "task_target_tokens"}
@@ -135,6 +136,9 @@ class MetricsWriter:
       parts.append(f"MFU {100 * scalars['perf/mfu']:.1f}%")
     elif "perf/step_seconds" in scalars:
       parts.append("MFU n/a")
+    skipped = int(scalars.get("train/skipped_steps_total", 0))
+    if skipped:
+      parts.append(f"skipped {skipped}")
     parts.extend(extra)
     eta = self.eta_seconds(step, scalars.get("perf/step_seconds"))
     parts.append(f"ETA {format_duration(eta)}")

@@ -15,10 +15,13 @@ One train step:
             means (wrong when micro-batches hold different numbers of target tokens) and costs
             one dispatch per micro-batch;
   update    optax (clipping, schedule, weight decay) on the trainable subtree;
-  guard     a NaN / Inf loss or gradient norm skips the update: parameters and optimizer state
-            stay as they were, `nonfinite` = 1 in the metrics (the loop halts or counts it, per
-            `config.nonfinite`). The step counter still advances, so the data stream and the
-            step numbers stay aligned; the optimizer's own count (and so its schedule) does not.
+  guard     a NaN / Inf loss or gradient norm, or an update that leaves a NaN / Inf in the
+            trained parameters or the optimizer state (one reduction per array, `finite.py`),
+            skips the update: parameters and optimizer state stay as they were, `nonfinite` = 1
+            in the metrics (`nonfinite_update` = 1 when only the update was at fault; the loop
+            halts or counts it, per `config.nonfinite`). The step counter still advances, so
+            the data stream and the step numbers stay aligned; the optimizer's own count (and
+            so its schedule) does not.
 """
 
 import dataclasses
@@ -34,9 +37,11 @@ from qwen_audio_jax.audio import lengths, mel as mel_lib
 from qwen_audio_jax.audio.specaugment import SpecAugmentConfig, spec_augment
 from qwen_audio_jax.model.llm import output_head
 from qwen_audio_jax.model.qwen_audio import QwenAudio
+from qwen_audio_jax.training import finite as finite_lib
 from qwen_audio_jax.training import lora as lora_lib
 from qwen_audio_jax.training import loss as loss_lib
 from qwen_audio_jax.training import optimizer as optimizer_lib
+from qwen_audio_jax.training import output_vocab as output_vocab_lib
 
 
 @flax.struct.dataclass
@@ -134,8 +139,12 @@ def padding_fractions(batch) -> Dict[str, jax.Array]:
   return out
 
 
-def _loss_sums(model, params, batch, mel, *, train: bool, num_tasks: int, chunk_length: int):
-  """Forward pass and loss sums; with `chunk_length` > 0 the full logits are never formed."""
+def _loss_sums(model, params, batch, mel, *, train: bool, num_tasks: int, chunk_length: int,
+               vocab=None):
+  """Forward pass and loss sums; with `chunk_length` > 0 the full logits are never formed; with
+  `vocab` (training.output_vocab) the logits are those of its kept tokens only."""
+  if vocab is not None and chunk_length <= 0:
+    chunk_length = batch["input_ids"].shape[1]  # one chunk: the kept logits are small
   audio = {}
   if mel is not None:
     audio = dict(audio_mel=mel, audio_lengths=batch["audio_lengths"],
@@ -145,7 +154,9 @@ def _loss_sums(model, params, batch, mel, *, train: bool, num_tasks: int, chunk_
                     return_hidden=chunk_length > 0, **audio)
   if chunk_length > 0:
     head = output_head(params["llm"], model.config)
-    return loss_lib.chunked_loss_sums(out, head, batch, num_tasks, chunk_length)
+    if vocab is not None:
+      head = output_vocab_lib.kept_columns(head, vocab)
+    return loss_lib.chunked_loss_sums(out, head, batch, num_tasks, chunk_length, vocab)
   return loss_lib.loss_sums(out, batch, num_tasks)
 
 
@@ -180,6 +191,7 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
   n_mels = model_config.encoder.n_mels
   mask = optimizer.trainable_mask
   use_lora = config.lora.rank > 0
+  vocab = output_vocab_lib.resolve(config, model_config)
 
   def objective(trained, frozen, micro, key):
     if use_lora:
@@ -188,7 +200,7 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
       params = optimizer_lib.combine(mask, trained, frozen)
     mel = audio_features(micro, n_mels, key, augment)
     sums = _loss_sums(model, params, micro, mel, train=True, num_tasks=num_tasks,
-                      chunk_length=chunk_length)
+                      chunk_length=chunk_length, vocab=vocab)
     return sums["loss_sum"] + z_weight * sums["z_loss_sum"], sums
 
   grad_fn = jax.grad(objective, has_aux=True)
@@ -226,8 +238,10 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(z_loss)
     updates, new_opt_state = optimizer.tx.update(grads, state.opt_state, trained)
     new_trained = optax.apply_updates(trained, updates)
-    new_trained = _where(finite, new_trained, trained)
-    new_opt_state = _where(finite, new_opt_state, state.opt_state)
+    update_finite = finite_lib.all_finite((new_trained, new_opt_state))
+    applied = finite & update_finite
+    new_trained = _where(applied, new_trained, trained)
+    new_opt_state = _where(applied, new_opt_state, state.opt_state)
     if use_lora:
       params, factors = state.params, new_trained
     else:
@@ -245,7 +259,8 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
         "tokens": jnp.sum((batch["segment_ids"] != 0).astype(jnp.float32)),
         "audio_seconds": jnp.sum(batch["audio_lengths"]).astype(jnp.float32) / lengths.SAMPLE_RATE,
         **padding_fractions(batch),
-        "nonfinite": 1.0 - finite.astype(jnp.float32),
+        "nonfinite": 1.0 - applied.astype(jnp.float32),
+        "nonfinite_update": (finite & ~update_finite).astype(jnp.float32),
         "task_loss": sums["task_loss_sum"] / task_tokens,
         "task_accuracy": sums["task_correct"] / task_tokens,
         "task_target_tokens": sums["task_target_tokens"],
@@ -266,11 +281,12 @@ def make_eval_step(config, model_config):
   num_tasks = len(config.eval_data.mixture)
   n_mels = model_config.encoder.n_mels
   chunk_length = int(config.loss.chunk_length)
+  vocab = output_vocab_lib.resolve(config, model_config)
 
   def eval_step(params, batch):
     mel = audio_features(batch, n_mels, None)
     sums = _loss_sums(model, params, batch, mel, train=False, num_tasks=num_tasks,
-                      chunk_length=chunk_length)
+                      chunk_length=chunk_length, vocab=vocab)
     return {k: v for k, v in sums.items() if k != "z_loss_sum"}
 
   return eval_step

@@ -6,6 +6,7 @@ expected, e.g. "config.mesh.fsdp=3: the mesh needs 6 devices, 8 are available".
 
 import dataclasses
 import importlib.util
+import math
 import re
 from typing import List, Optional
 
@@ -15,10 +16,11 @@ import ml_collections
 import numpy as np
 
 from qwen_audio_jax.audio.specaugment import SpecAugmentConfig
+from qwen_audio_jax.errors import ConfigError  # pylint: disable=unused-import (re-exported)
 from qwen_audio_jax.data import config as data_config_lib
 from qwen_audio_jax.data.sources import expand_paths
 from qwen_audio_jax.model import params as params_lib
-from qwen_audio_jax.training import initialization
+from qwen_audio_jax.training import initialization, output_vocab
 
 STAGES = ("pretrain", "sft")
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
@@ -26,16 +28,17 @@ SCHEDULES = ("warmup_cosine", "warmup_linear", "constant")
 NONFINITE = ("skip", "halt")
 MESH_ICI = ("data", "fsdp", "tensor")
 MESH_DCN = ("dcn_data", "dcn_fsdp")
+# Larger learning rates move every weight by more than its own scale in one step (no optimizer
+# here normalises them away): a typo, refused before anything runs.
+MAX_LEARNING_RATE = 1.0
 # The data config of each stage (stage 2 trains on dialogues).
 DATA_STAGE = {"pretrain": "pretrain", "sft": "chat"}
 
 
-class ConfigError(ValueError):
-  """A training config that cannot work; the message lists every problem found."""
-
-  def __init__(self, problems: List[str]):
-    self.problems = list(problems)
-    super().__init__("invalid training config:\n  " + "\n  ".join(self.problems))
+def _finite(value) -> bool:
+  """A real number (not a bool), neither NaN nor infinite."""
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
 
 
 def param_paths(model_config) -> List[str]:
@@ -71,8 +74,12 @@ def mesh_shape(config: ml_collections.ConfigDict, device_count: int) -> Optional
 
 
 def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] = None,
-             process_count: Optional[int] = None) -> None:
-  """Raises ConfigError listing every problem of `config`; returns None when it can run."""
+             process_count: Optional[int] = None, check_paths: bool = True) -> None:
+  """Raises ConfigError listing every problem of `config`; returns None when it can run.
+
+  device_count / process_count: of the run (default: this process's view); check_paths: False
+  skips the existence of data and init paths (plans made away from the data).
+  """
   device_count = jax.device_count() if device_count is None else device_count
   process_count = jax.process_count() if process_count is None else process_count
   problems: List[str] = []
@@ -94,7 +101,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
   need(o.name in OPTIMIZERS, f"config.optim.name={o.name!r}: expected one of {OPTIMIZERS}")
   need(o.schedule in SCHEDULES,
        f"config.optim.schedule={o.schedule!r}: expected one of {SCHEDULES}")
-  need(o.learning_rate > 0, f"config.optim.learning_rate={o.learning_rate}: must be > 0")
+  need(_finite(o.learning_rate) and 0 < o.learning_rate <= MAX_LEARNING_RATE,
+       f"config.optim.learning_rate={o.learning_rate}: must be a finite number in (0, "
+       f"{MAX_LEARNING_RATE:g}]")
   need(0 <= o.warmup_steps <= config.total_steps,
        f"config.optim.warmup_steps={o.warmup_steps}: must be in [0, config.total_steps="
        f"{config.total_steps}]")
@@ -102,10 +111,17 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
        f"config.optim.end_learning_rate_ratio={o.end_learning_rate_ratio}: must be in [0, 1]")
   for key in ("b1", "b2"):
     need(0.0 <= o[key] < 1.0, f"config.optim.{key}={o[key]}: must be in [0, 1)")
-  need(o.eps > 0, f"config.optim.eps={o.eps}: must be > 0")
-  need(o.weight_decay >= 0, f"config.optim.weight_decay={o.weight_decay}: must be >= 0")
-  need(o.grad_clip_norm >= 0,
-       f"config.optim.grad_clip_norm={o.grad_clip_norm}: must be >= 0 (0 = no clipping)")
+  need(_finite(o.eps) and 0 < o.eps <= 1, f"config.optim.eps={o.eps}: must be a finite number "
+       "in (0, 1]")
+  need(_finite(o.weight_decay) and o.weight_decay >= 0,
+       f"config.optim.weight_decay={o.weight_decay}: must be a finite number >= 0")
+  need(not (_finite(o.weight_decay) and _finite(o.learning_rate))
+       or o.weight_decay * o.learning_rate < 1,
+       f"config.optim.weight_decay={o.weight_decay}: times config.optim.learning_rate="
+       f"{o.learning_rate} must be < 1 (a step would remove all of every weight)")
+  need(_finite(o.grad_clip_norm) and o.grad_clip_norm >= 0,
+       f"config.optim.grad_clip_norm={o.grad_clip_norm}: must be a finite number >= 0 (0 = no "
+       "clipping)")
   need(o.grad_accum_steps >= 1,
        f"config.optim.grad_accum_steps={o.grad_accum_steps}: must be >= 1")
   regexes_ok = True
@@ -118,23 +134,30 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
       problems.append(f"config.{key}={pattern!r}: not a valid regular expression ({e})")
       regexes_ok = False
   need(config.lora.rank >= 0, f"config.lora.rank={config.lora.rank}: must be >= 0 (0 = off)")
-  need(config.lora.alpha > 0, f"config.lora.alpha={config.lora.alpha}: must be > 0")
+  need(_finite(config.lora.alpha) and config.lora.alpha > 0,
+       f"config.lora.alpha={config.lora.alpha}: must be a finite number > 0")
 
   if model_config is not None and regexes_ok:
     _check_stage(config, model_config, need)
 
-  need(config.loss.z_loss_weight >= 0,
-       f"config.loss.z_loss_weight={config.loss.z_loss_weight}: must be >= 0")
+  need(_finite(config.loss.z_loss_weight) and config.loss.z_loss_weight >= 0,
+       f"config.loss.z_loss_weight={config.loss.z_loss_weight}: must be a finite number >= 0")
   need(isinstance(config.loss.chunk_length, int) and config.loss.chunk_length >= 0,
        f"config.loss.chunk_length={config.loss.chunk_length!r}: must be an integer >= 0 "
        "(0 = the whole sequence's logits at once)")
+  _check_output_vocab(config, model_config, need)
+  try:
+    from qwen_audio_jax.training import report  # pylint: disable=g-import-not-at-top
+    report.validate(config)
+  except ValueError as e:
+    problems.append(str(e))
   need(config.nonfinite in NONFINITE,
        f"config.nonfinite={config.nonfinite!r}: expected one of {NONFINITE}")
   _check_specaugment(config, problems)
 
   shape = _check_mesh(config, device_count, need)
   for key in ("data", "eval_data") if config.eval_every else ("data",):
-    _check_data(config, key, model_config, shape, process_count, problems)
+    _check_data(config, key, model_config, shape, process_count, problems, check_paths)
   if shape is not None:
     per_device = config.data.batch_size // max(1, shape["data"] * shape["fsdp"])
     need(per_device == 0 or per_device % o.grad_accum_steps == 0,
@@ -142,7 +165,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
          f"batch {per_device} (config.data.batch_size={config.data.batch_size} over data x fsdp "
          f"= {shape['data'] * shape['fsdp']} shards)")
 
-  problems.extend(initialization.describe_missing_paths(config))
+  if check_paths:
+    problems.extend(initialization.describe_missing_paths(config))
   need(not (config.init.checkpoint and (config.init.whisper or config.init.llm)),
        f"config.init.checkpoint={config.init.checkpoint!r}: a complete checkpoint excludes "
        "config.init.whisper / config.init.llm")
@@ -187,9 +211,11 @@ def _check_stage(config, model_config, need) -> None:
   need(bool(trained), f"config.trainable={config.trainable!r} with config.frozen="
        f"{config.frozen!r}: no parameter would be trained")
   if config.stage == "pretrain":
-    need(not llm, f"config.trainable={config.trainable!r}: stage 'pretrain' keeps the LLM "
-         f"frozen, but {len(llm)} LLM parameters would be trained (first {llm[0] if llm else ''})"
-         "; add them to config.frozen or narrow config.trainable")
+    need(not llm or config.train_llm_in_pretrain,
+         f"config.trainable={config.trainable!r}: stage 'pretrain' keeps the LLM frozen, but "
+         f"{len(llm)} LLM parameters would be trained (first {llm[0] if llm else ''}); add them "
+         "to config.frozen, narrow config.trainable, or set config.train_llm_in_pretrain=True "
+         "(a model without a pretrained LLM)")
     need(any(p.startswith("audio_encoder/") for p in audio),
          f"config.trainable={config.trainable!r}: stage 'pretrain' trains the audio encoder, "
          "but no audio_encoder parameter is trained")
@@ -200,6 +226,21 @@ def _check_stage(config, model_config, need) -> None:
          f"{enc[0] if enc else ''})")
     need(bool(llm), f"config.trainable={config.trainable!r}: stage 'sft' trains the LLM (or "
          "LoRA factors with config.lora.rank > 0), but no LLM parameter is trained")
+
+
+def _check_output_vocab(config, model_config, need) -> None:
+  mode = config.loss.get("output_vocab", "full")
+  need(mode in output_vocab.MODES,
+       f"config.loss.output_vocab={mode!r}: expected one of {output_vocab.MODES}")
+  if mode != "data":
+    return
+  need(model_config is None or not model_config.llm.tie_embeddings,
+       "config.loss.output_vocab='data' needs an untied output head (llm.tie_embeddings=False): "
+       "zeroing tied rows would erase input embeddings")
+  for name in config.data.mixture.keys():
+    need(config.data.mixture[name].source == "jsonl",
+         f"config.loss.output_vocab='data' reads the training targets from JSONL manifests, but "
+         f"config.data.mixture.{name}.source={config.data.mixture[name].source!r}; use 'full'")
 
 
 def _check_specaugment(config, problems) -> None:
@@ -243,7 +284,8 @@ def _check_mesh(config, device_count, need) -> Optional[dict]:
   return shape
 
 
-def _check_data(config, key, model_config, shape, process_count, problems) -> None:
+def _check_data(config, key, model_config, shape, process_count, problems,
+                check_paths=True) -> None:
   data = config[key]
   try:
     data_config_lib.validate_data_config(data)
@@ -252,7 +294,7 @@ def _check_data(config, key, model_config, shape, process_count, problems) -> No
     return
   for name in data.mixture.keys():
     entry = data.mixture[name]
-    if entry.source in ("jsonl", "array_record"):
+    if check_paths and entry.source in ("jsonl", "array_record"):
       try:
         expand_paths(entry.paths, f"config.{key}.mixture.{name}.paths")
       except (FileNotFoundError, ValueError) as e:

@@ -1,0 +1,74 @@
+r"""Stage 1 of Qwen-Audio: multitask pretraining of the audio encoder with the LLM frozen.
+
+    python -m qwen_audio_jax.train --config=configs/pretrain.py:demo --workdir=/tmp/qa_pretrain
+    python -m qwen_audio_jax.train --config=configs/pretrain.py:qwen_audio --workdir=gs://... \
+        --config.init.whisper=ckpt/whisper_large_v2 --config.init.llm=ckpt/qwen_7b \
+        --config.data.mixture.asr.paths='gs://bucket/shards/asr-*.array_record' ...
+
+Presets:
+  demo: the tiny model on the bundled demo corpus, CPU, a couple of minutes on 2 cores.
+  qwen_audio: the paper's recipe (Qwen-Audio, arXiv:2311.07919, appendix table of training
+    hyper-parameters, "multi-task pretraining" column) for TPU / GPU pods; point the mixture
+    entries at the real task shards.
+"""
+
+import os
+
+import ml_collections
+
+from qwen_audio_jax.configs import common
+from qwen_audio_jax.data.config import DEMO_DIR
+
+PRESETS = common.PRESETS
+
+
+def get_config(arg: str = "demo"):
+  common.check_preset("configs/pretrain.py", arg)
+  c = common.base_config("pretrain")
+  if arg == "demo":
+    common.demo_overrides(c)
+    # No pretrained Qwen LLM is available offline, so unlike the paper's stage 1 the demo trains
+    # the LLM too: a random LLM has to learn to write the transcripts as well.
+    c.trainable = r"^audio_encoder/|^audio_bos_eos|^llm/"
+    c.train_llm_in_pretrain = True
+    c.data.batch_size = 16
+    c.data.text_buckets = (192,)  # every demo row fits; one compiled step
+    c.eval_data.text_buckets = (192,)
+    c.total_steps = 600
+    c.optim.learning_rate = 3e-3
+    c.optim.warmup_steps = 30
+    c.specaugment.enabled = False  # too few steps for the augmented task to pay off
+    c.eval_every = 200
+    c.checkpoint.every_steps = 200
+    # The run ends with generation on the held-out split (new sentences, a new voice), written
+    # to TensorBoard as decode/<name>/..., and a report against these targets.
+    c.evals.demo = common.benchmark("demo")  # ASR, WER
+    c.evals.demo_event = common.benchmark("demo_event")  # sound event labels, accuracy
+    c.evals.demo_count = common.benchmark("demo_aqa")  # "How many beeps / clicks are there?"
+    c.evals.demo_count.name = "demo_count"
+    c.evals.demo_count.data.paths = os.path.join(DEMO_DIR, "eval_count.jsonl")
+    c.evals.demo.max_new_tokens = 32  # the longest held-out transcript is 10 tokens
+    for name in c.evals:
+      c.evals[name].batch_size = 16
+    c.report.targets = ml_collections.ConfigDict(
+        {"demo": "<=0.10", "demo_event": ">=0.90", "demo_count": ">=0.80"})
+    return c
+  # The full recipe (shared parts in common.full_scale_overrides). Values from the paper's
+  # appendix table unless marked otherwise.
+  common.full_scale_overrides(c)
+  c.total_steps = 500_000  # paper: training steps
+  c.data.batch_size = 2048  # paper: global batch size
+  c.eval_data.batch_size = 256
+  c.data.packing = True  # not in the paper: fills the 2048-token rows (the LLM's seq_length)
+  c.data.text_buckets = (2048,)
+  c.eval_data.text_buckets = (1024, 2048)
+  c.optim.learning_rate = 5e-5  # paper: peak learning rate
+  c.optim.end_learning_rate_ratio = 0.2  # paper: minimum learning rate 1e-5
+  c.optim.warmup_steps = 2000  # paper: warmup steps
+  c.specaugment.enabled = True  # paper: SpecAugment on the encoder input (LD policy here)
+  c.mesh.data, c.mesh.fsdp = 1, -1  # ZeRO-style optimizer sharding as in the paper: FSDP
+  c.checkpoint.every_steps = 2000
+  c.log_every = 50
+  c.eval_every = 5000
+  c.eval_steps = 100
+  return c
