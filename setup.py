@@ -84,11 +84,20 @@ setup(
             # make_sft's LLM path (tested against a loopback server)
             "openai>=3.57.0",
             "jsonschema>=4.26.0",
+            # Compiling for virtual TPU slices (TPU flash attention, the planner), and the
+            # notebooks executed headless.
+            "libtpu==0.0.42.*",
+            "nbclient>=0.11.0",
+            "nbformat>=5.11.1",
+            "ipykernel>=7.4.0",
         ],
         # TFDS mixture entries (source='tfds'); datasets with tfds.features.Audio also need
         # tensorflow.
         "tfds": ["tensorflow-datasets>=4.9.10"],
         # LLM-written dialogues in `python -m qwen_audio_jax.data.make_sft --llm`.
         "sft": ["openai>=3.57.0", "jsonschema>=4.26.0"],
+        # TPU hosts, and ahead-of-time compilation for TPU slices on any machine (the planner):
+        # the libtpu that jax[tpu]==0.10.2 pins.
+        "tpu": ["libtpu==0.0.42.*"],
     },
 )

@@ -9,7 +9,7 @@ import dataclasses
 from typing import Optional
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_with_no_batch_dims", "save_qkv_proj", "minimal")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "plain", "flash")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "plain", "flash", "tpu_flash")
 DTYPES = ("float32", "bfloat16", "float16")
 
 
@@ -70,7 +70,8 @@ class QwenAudioConfig:
   attention_impl: str = "auto"  # one of ATTENTION_IMPLS: jax.nn.dot_product_attention 'xla' /
   # 'cudnn' (flash attention on GPUs), 'plain' (explicit einsum + softmax in float32), 'flash'
   # (blockwise online softmax in pure JAX, O(T) memory) or 'auto' (the fastest measured on the
-  # platform: flash on CPU, cudnn on GPU, xla on TPU; model/attention.py)
+  # platform: flash on CPU, cudnn on GPU, xla on TPU; model/attention.py); 'tpu_flash': the
+  # Pallas splash-attention kernel on TPUs (model/tpu_attention.py)
 
   def __post_init__(self):
     validate(self)

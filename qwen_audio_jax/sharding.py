@@ -159,13 +159,23 @@ def activation_sharding(mesh: Optional[Mesh], rules=None):
     _CONTEXT.mesh, _CONTEXT.rules = previous
 
 
+def current_mesh() -> Optional[Mesh]:
+  """The mesh of the enclosing `activation_sharding` (None outside one)."""
+  return _CONTEXT.mesh
+
+
+def activation_spec(logical_axes: Sequence[Optional[str]], shape) -> Optional[PartitionSpec]:
+  """The PartitionSpec `constrain` pins for these names and shape (None outside a mesh)."""
+  mesh = _CONTEXT.mesh
+  return None if mesh is None else logical_to_spec(logical_axes, shape, mesh, _CONTEXT.rules)
+
+
 def constrain(x: jax.Array, logical_axes: Sequence[Optional[str]]) -> jax.Array:
   """Sharding constraint by logical names; a no-op outside `activation_sharding`."""
-  mesh = _CONTEXT.mesh
-  if mesh is None:
+  spec = activation_spec(logical_axes, x.shape)
+  if spec is None:
     return x
-  spec = logical_to_spec(logical_axes, x.shape, mesh, _CONTEXT.rules)
-  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+  return jax.lax.with_sharding_constraint(x, NamedSharding(_CONTEXT.mesh, spec))
 
 
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:

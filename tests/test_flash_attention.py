@@ -82,12 +82,8 @@ def test_model_with_flash_attention_matches_plain_logits_and_gradients():
   from qwen_audio_jax.model.params import init_params  # pylint: disable=g-import-not-at-top
   from qwen_audio_jax.model.qwen_audio import QwenAudio  # pylint: disable=g-import-not-at-top
   params = nn.unbox(init_params(SMALL, jax.random.key(0)))
-  rng = np.random.default_rng(0)
-  ids = jnp.asarray(rng.integers(0, 256, (2, 40)), jnp.int32)
-  segments = jnp.asarray([[1] * 30 + [2] * 10, [1] * 35 + [0] * 5], jnp.int32)
-  audio = dict(audio_mel=jnp.asarray(rng.normal(size=(2, 1, 80, 320)), jnp.float32),
-               audio_lengths=jnp.asarray([[16_000], [32_000]], jnp.int32),
-               audio_starts=jnp.asarray([[1], [2]], jnp.int32))
+  from _model_inputs import packed_rows  # pylint: disable=g-import-not-at-top
+  ids, segments, audio = packed_rows(256)
 
   def loss(impl, p):
     logits = QwenAudio(dataclasses.replace(SMALL, attention_impl=impl)).apply(

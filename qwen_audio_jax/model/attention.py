@@ -8,6 +8,8 @@ Implementations:
 - 'plain': explicit einsums with the softmax in float32, the easiest path to read and debug;
 - 'flash': blockwise attention with an online softmax and its own backward pass, O(T) memory
   on every platform (`flash_attention.py`; needs a `MaskInfo`);
+- 'tpu_flash': the Pallas splash-attention kernel on TPUs (`tpu_attention.py`; needs a
+  `MaskInfo`; cached decoding, which it cannot express, takes 'xla');
 - 'auto': the fastest of these measured on the platform (`resolve_impl`).
 Rows whose mask is all False (padding queries) produce zeros rather than NaNs.
 """
@@ -18,6 +20,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from qwen_audio_jax.model import tpu_attention
 from qwen_audio_jax.model.flash_attention import flash_attention
 
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -85,6 +88,14 @@ def attend(query, key, value, mask: Union[MaskInfo, jax.Array], *, impl: str = "
       raise ValueError("attention impl 'flash' needs a MaskInfo (segment ids), not a dense mask")
     return flash_attention(query, key, value, mask.q_segments, mask.kv_segments, mask.q_index,
                            mask.kv_index, causal=mask.causal, scale=scale)
+  if impl == "tpu_flash":  # Pallas kernel (tpu_attention.py); cached decoding takes 'xla'
+    if not isinstance(mask, MaskInfo):
+      raise ValueError("attention impl 'tpu_flash' needs a MaskInfo (segment ids), not a dense "
+                       "mask")
+    if tpu_attention.supports(q_len, key.shape[1], mask.causal):
+      return tpu_attention.tpu_flash_attention(query, key, value, mask.q_segments,
+                                               mask.kv_segments, causal=mask.causal, scale=scale)
+    impl = "xla"
   if isinstance(mask, MaskInfo):
     mask = mask.dense()
   any_key = jnp.any(mask, axis=-1, keepdims=True)  # [B, 1, T, 1]
@@ -100,6 +111,6 @@ def attend(query, key, value, mask: Union[MaskInfo, jax.Array], *, impl: str = "
     out = jnp.einsum("bkgts,bskd->btkgd", probs, value).reshape(batch, q_len, heads, head_dim)
   else:
     raise ValueError(f"attention impl {impl!r} is not one of 'xla', 'cudnn', 'plain', 'flash', "
-                     "'auto'")
+                     "'tpu_flash', 'auto'")
   # [B,1,T,1] -> [B,T,1,1]: zero the outputs of queries that may attend to nothing.
   return jnp.where(jnp.swapaxes(any_key, 1, 2), out, 0).astype(query.dtype)

@@ -1,0 +1,52 @@
+"""The notebooks in notebooks/ run headless on the tiny configs (nbclient, one kernel each), with
+the small parameters their first cells read from the environment: the planner on a virtual
+v5e-4 with a narrow model, the data pipeline on the demo corpus. Their outputs stay stripped in
+git."""
+
+import json
+import os
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOKS = os.path.join(REPO, "notebooks")
+NARROW_MODEL = {"encoder": {"width": 32, "heads": 2, "mlp_dim": 64, "depth": 1, "output_dim": 32},
+                "llm": {"width": 32, "heads": 2, "kv_heads": 1, "head_dim": 16, "mlp_dim": 64,
+                        "depth": 1}}
+PARAMETERS = {
+    "03_data_pipeline.ipynb": {"BATCH_SIZE": "4", "PACKING": "1"},
+    "04_plan_a_run.ipynb": {"CONFIG": "pretrain:demo", "TOPOLOGY": "v5e-4", "GPUS": "h100x8",
+                            "SEARCH_BUDGET": "1", "BATCH_SIZE": "8", "TEXT_LENGTH": "64",
+                            "MODEL_OVERRIDES": json.dumps(NARROW_MODEL)},
+}
+
+
+def test_every_notebook_is_tested_stripped_and_has_a_colab_badge():
+  names = sorted(f for f in os.listdir(NOTEBOOKS) if f.endswith(".ipynb"))
+  assert names == sorted(PARAMETERS)
+  for name in names:
+    nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
+    nbformat.validate(nb)
+    badge = ("https://colab.research.google.com/github/qwen-audio-jax/qwen_audio_jax/blob/main/"
+             f"notebooks/{name}")
+    assert badge in nb.cells[0].source, name
+    for cell in nb.cells:
+      if cell.cell_type == "code":
+        assert not cell.outputs and cell.execution_count is None, f"{name}: outputs not stripped"
+
+
+@pytest.mark.parametrize("name", sorted(PARAMETERS))
+def test_notebook_runs(name, monkeypatch):
+  for key, value in PARAMETERS[name].items():
+    monkeypatch.setenv(key, value)
+  # The kernel imports this checkout (not an installed copy) and runs on CPU.
+  monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [REPO, os.environ.get(
+      "PYTHONPATH")])))
+  nb = nbformat.read(os.path.join(NOTEBOOKS, name), as_version=4)
+  NotebookClient(nb, timeout=600, kernel_name="python3",
+                 resources={"metadata": {"path": NOTEBOOKS}}).execute()
+  errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+            if o.output_type == "error"]
+  assert not errors
