@@ -234,3 +234,17 @@ def max_errors(ours: np.ndarray, ref: np.ndarray, valid: np.ndarray = None):
     ours, ref = ours[valid], ref[valid]
   abs_err = float(np.max(np.abs(ours - ref)))
   return abs_err, abs_err / float(np.max(np.abs(ref)))
+
+
+def from_list_format(items):
+  """Qwen-Audio-Chat's tokenizer.from_list_format (official release), written out: one query's
+  clips numbered from 1 as `Audio {n}:` + `<audio>PATH</audio>` + newline, text items as they
+  are."""
+  text, n = "", 0
+  for item in items:
+    if "audio" in item:
+      n += 1
+      text += f"Audio {n}:<audio>{item['audio']}</audio>\n"
+    else:
+      text += item["text"]
+  return text

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from transformers import Qwen2AudioProcessor
 
+from _reference_models import from_list_format
 from qwen_audio_jax import config as model_config_lib
 from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.text import chat
@@ -36,19 +37,6 @@ EXPECTED_TEXT = (
     "<|im_start|>user\nAudio 1:<audio>b.wav</audio>\nAudio 2:<audio>c.wav</audio>\n"
     "And in these two?<|im_end|>\n"
     "<|im_start|>assistant\nGoodbye, and 再见.<|im_end|>")
-
-
-def from_list_format(items):
-  """Qwen-Audio-Chat's tokenizer.from_list_format, written out: one query's clips numbered from
-  1 as `Audio {n}:` + `<audio>PATH</audio>` + newline, text items as they are."""
-  text, n = "", 0
-  for item in items:
-    if "audio" in item:
-      n += 1
-      text += f"Audio {n}:<audio>{item['audio']}</audio>\n"
-    else:
-      text += item["text"]
-  return text
 
 
 def make_context_ids(tok, turns, system, clips):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from _chain_model import CONFIG, chain_params
+from _reference_models import from_list_format
 from qwen_audio_jax import chat
 from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.generate import Generator, get_generation_config
@@ -50,18 +51,6 @@ def make_context(tokenizer, query, history, system, max_window_size, clip_sample
       break
   return (system_tokens + context + nl + im_start + tokenize_str("user", query) + im_end + nl
           + im_start + encode("assistant") + nl)
-
-
-def from_list_format(items):
-  """The official tokenizer's `from_list_format` for one query (clips numbered from 1)."""
-  text, n = "", 0
-  for item in items:
-    if "audio" in item:
-      n += 1
-      text += f"Audio {n}:<audio>{item['audio']}</audio>\n"
-    else:
-      text += item["text"]
-  return text
 
 
 def test_context_ids_equal_make_context_with_history_dropped(tok):
