@@ -22,11 +22,11 @@ from qwen_audio_jax.training.trainable import trainable_mask
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_config(stage_file: str):
+def load_config(stage_file: str, preset: str = "demo"):
   spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs", stage_file))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config("demo")
+  return module.get_config(preset)
 
 
 def abstract_params(**overrides):
@@ -43,14 +43,14 @@ def trained_paths(config, params):
 def test_stage_regexes_select_what_the_recipe_trains():
   params = abstract_params()
   every = set(jax.tree.leaves(params_lib.path_tree(params)))
-  stage1 = trained_paths(load_config("pretrain.py"), params)
+  stage1 = trained_paths(load_config("pretrain.py", "qwen_audio"), params)
   # Stage 1: the whole encoder (its projection included) and the audio bos/eos rows, except the
   # fixed sinusoidal positions; the LLM is frozen.
   assert stage1 == {p for p in every if p.startswith("audio_encoder/") or p == "audio_bos_eos"
                     } - {"audio_encoder/positional_embedding"}
   assert "audio_encoder/proj/kernel" in stage1
   # Stage 2: exactly the LLM.
-  assert trained_paths(load_config("sft.py"), params) == {p for p in every
+  assert trained_paths(load_config("sft.py", "qwen_audio"), params) == {p for p in every
                                                           if p.startswith("llm/")}
 
 
