@@ -81,6 +81,8 @@ def estimate_gpu(config: ml_collections.ConfigDict, gpus: str, *,
   abstract_state = jax.eval_shape(
       lambda p, r: step_lib.init_train_state(config, p, r), abstract_params,
       jax.ShapeDtypeStruct((), jax.random.key(0).dtype))
+  # eval_shape's outputs carry no shardings: the parameters' come from the logical rules.
+  abstract_state = abstract_state.replace(params=abstract_params)
   shardings = step_lib.train_state_shardings(abstract_state, mesh)
   abstract_state = jax.tree.map(
       lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state,

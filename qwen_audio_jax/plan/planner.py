@@ -163,6 +163,8 @@ def _abstract_state(config, model_config, mesh):
   abstract_state = jax.eval_shape(
       lambda p, r: step_lib.init_train_state(config, p, r), abstract_params,
       jax.ShapeDtypeStruct((), jax.random.key(0).dtype))
+  # eval_shape's outputs carry no shardings: the parameters' come from the logical rules.
+  abstract_state = abstract_state.replace(params=abstract_params)
   state_shardings = step_lib.train_state_shardings(abstract_state, mesh)
   return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                       abstract_state, state_shardings)
