@@ -13,16 +13,14 @@ path uses fused (cuDNN flash) attention. The step time assumes an MFU the user s
 import dataclasses
 from typing import Any, Dict
 
-import jax
 import ml_collections
 from jax.sharding import AbstractMesh
 
 from qwen_audio_jax import sharding
 from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.plan import hardware
-from qwen_audio_jax.plan.planner import per_device_bytes
+from qwen_audio_jax.plan.planner import abstract_train_state, per_device_bytes
 from qwen_audio_jax.training import flops, initialization, layout, validation
-from qwen_audio_jax.training import step as step_lib
 
 
 @dataclasses.dataclass
@@ -77,16 +75,7 @@ def estimate_gpu(config: ml_collections.ConfigDict, gpus: str, *,
   model_config = initialization.model_config_from(config)
   shape = validation.mesh_shape(config, count)
   mesh = AbstractMesh(tuple(shape[a] for a in sharding.MESH_AXES), sharding.MESH_AXES)
-  abstract_params = initialization.abstract_params(model_config, mesh)
-  abstract_state = jax.eval_shape(
-      lambda p, r: step_lib.init_train_state(config, p, r), abstract_params,
-      jax.ShapeDtypeStruct((), jax.random.key(0).dtype))
-  # eval_shape's outputs carry no shardings: the parameters' come from the logical rules.
-  abstract_state = abstract_state.replace(params=abstract_params)
-  shardings = step_lib.train_state_shardings(abstract_state, mesh)
-  abstract_state = jax.tree.map(
-      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), abstract_state,
-      shardings)
+  abstract_state = abstract_train_state(config, model_config, mesh)
   rows = config.data.batch_size / (shape["data"] * shape["fsdp"]) / config.optim.grad_accum_steps
   text = max(config.data.text_buckets)
   e, l = model_config.encoder, model_config.llm

@@ -157,7 +157,7 @@ def _exhausted_bytes(message: str) -> Optional[float]:
   return float(match.group(1)) * scale
 
 
-def _abstract_state(config, model_config, mesh):
+def abstract_train_state(config, model_config, mesh):
   """The train state's ShapeDtypeStructs with their shardings, as train.py builds them."""
   abstract_params = initialization.abstract_params(model_config, mesh)
   abstract_state = jax.eval_shape(
@@ -172,7 +172,7 @@ def _abstract_state(config, model_config, mesh):
 
 def _compile(config, model_config, mesh, step: str, text_length: int):
   """(compiled step, abstract train state) as train.py builds them."""
-  abstract_state = _abstract_state(config, model_config, mesh)
+  abstract_state = abstract_train_state(config, model_config, mesh)
   state_shardings = jax.tree.map(lambda s: s.sharding, abstract_state)
   optimizer = optimizer_lib.make_optimizer(config, abstract_state.params)
   replicated = NamedSharding(mesh, PartitionSpec())
@@ -226,7 +226,7 @@ def plan_step(config: ml_collections.ConfigDict, devices: Sequence[Any], *, topo
       raise
     # XLA's TPU compiler refuses programs whose temporaries exceed the chip's HBM: the plan is
     # still an answer (does not fit, and by how much).
-    compiled, abstract_state = None, _abstract_state(config, model_config, mesh)
+    compiled, abstract_state = None, abstract_train_state(config, model_config, mesh)
   compile_seconds = time.time() - start
   memory = compiled.memory_analysis() if compiled is not None else None
   cost = _cost(compiled) if compiled is not None else {}
