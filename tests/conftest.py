@@ -18,6 +18,12 @@ jax.config.update("jax_default_matmul_precision", "highest")
 import pytest  # noqa: E402
 
 
+def pytest_configure(config):
+  """Every run lists its slowest tests, so the suite's time budget stays visible."""
+  if config.option.durations is None:
+    config.option.durations = 25
+
+
 @pytest.fixture(scope="session")
 def qwen2_audio_tokenizer_dir(tmp_path_factory):
   """A Qwen2-Audio-style transformers tokenizer directory (built once: ~10 s of CPU)."""

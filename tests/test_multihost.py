@@ -39,7 +39,9 @@ def manifest(tmp_path_factory):
   for i in range(16):
     soundfile.write(root / f"t{i}.wav", (0.3 * np.sin(2 * np.pi * (220 + 30 * i) * t)
                                          ).astype(np.float32), 16000)
-    text = f"tone {i}" if i % 3 else f"tone {i} " + "and a much longer transcript " * 2
+    # Rows 0, 4, 8, 12 are long (over the 40-token bucket) and all go to process 0, so at some
+    # steps process 0's batch is 64 tokens long and process 1's 40.
+    text = f"tone {i}" if i % 4 else f"tone {i} " + "and a much longer transcript " * 6
     rows.append({"id": f"t{i}", "task": "asr", "audio": f"t{i}.wav", "audio_language": "en",
                  "text": text, "text_language": "en", "itn": False})
   path = root / "train.jsonl"

@@ -15,6 +15,7 @@ import test_train_step as train_step_tests  # the tiny model, its batches and up
 
 from qwen_audio_jax.audio import specaugment
 from qwen_audio_jax.config import get_preset
+from qwen_audio_jax.configs import common
 from qwen_audio_jax.convert.stacking import stack_layers, unstack_layers
 from qwen_audio_jax.model import params as params_lib
 from qwen_audio_jax.training import layer_decay
@@ -37,6 +38,17 @@ def load_config(stage_file: str, preset: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(preset)
+
+
+def stage1_demo():
+  """The demo preset with the paper's stage-1 choices the demo departs from put back: the LLM
+  frozen, SpecAugment on (the 'custom' defaults), the full output vocabulary."""
+  config = load_config("pretrain.py", "demo")
+  base = common.base_config("pretrain")
+  config.trainable, config.train_llm_in_pretrain = base.trainable, base.train_llm_in_pretrain
+  config.specaugment = base.specaugment
+  config.loss.output_vocab = "full"
+  return config
 
 
 # ----------------------------------------------------------------------------- SpecAugment
@@ -64,8 +76,8 @@ def test_policy_fields_override_and_custom_starts_from_the_defaults():
 
 
 def test_config_policy_reaches_the_step_and_is_validated():
-  config = load_config("pretrain.py", "demo")
-  # The demo keeps 'custom' with nothing set: the SpecAugmentConfig defaults.
+  config = stage1_demo()
+  # Stage 1 keeps 'custom' with nothing set: the SpecAugmentConfig defaults.
   assert step_lib.specaugment_config(config) == specaugment.SpecAugmentConfig()
   config.specaugment.policy = "LD"
   config.specaugment.max_time_warp = 40
@@ -136,7 +148,7 @@ def test_layer_decay_scales_block_i_by_decay_power_depth_minus_1_minus_i():
 
 
 def pretrain_config(decay: float, name: str = "adamw"):
-  config = load_config("pretrain.py", "demo")
+  config = stage1_demo()
   config.optim.name, config.optim.schedule = name, "constant"
   config.optim.encoder_layer_decay = decay
   config.optim.weight_decay = 0.1
