@@ -16,6 +16,11 @@ NARROW_MODEL = {"encoder": {"width": 32, "heads": 2, "mlp_dim": 64, "depth": 1, 
                 "llm": {"width": 32, "heads": 2, "kv_heads": 1, "head_dim": 16, "mlp_dim": 64,
                         "depth": 1}}
 PARAMETERS = {
+    "01_transcribe_and_chat.ipynb": {"CHECKPOINT": "", "RELEASED": "", "MAX_NEW_TOKENS": "8",
+                                     "MODEL_OVERRIDES": json.dumps(NARROW_MODEL)},
+    "02_fine_tune.ipynb": {"AUDIO_DIR": "", "NUM_CLIPS": "8", "PRESET": "tiny", "STEPS": "2",
+                           "EVAL_EVERY": "0", "BATCH_SIZE": "8", "AUDIO_BUCKETS": "30",
+                           "MODEL_OVERRIDES": json.dumps(NARROW_MODEL)},
     "03_data_pipeline.ipynb": {"BATCH_SIZE": "4", "PACKING": "1"},
     "04_plan_a_run.ipynb": {"CONFIG": "pretrain:demo", "TOPOLOGY": "v5e-4", "GPUS": "h100x8",
                             "SEARCH_BUDGET": "1", "BATCH_SIZE": "8", "TEXT_LENGTH": "64",
