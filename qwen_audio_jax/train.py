@@ -246,8 +246,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
     logging.info("Fresh start: %s", "; ".join(sources))
   step = int(jax.device_get(state.step))
 
-  # Ahead-of-time compilation of the train step (largest text and audio buckets first: the
-  # worst case for memory), then one executable per bucket pair as batches of others arrive.
+  # Ahead-of-time compilation of the train step (config.precompile: the largest text and audio
+  # buckets, the worst case for memory, or the first batch's shape), then one executable per
+  # bucket pair as batches of others arrive.
   replicated = NamedSharding(mesh, PartitionSpec())
   train_jit = jax.jit(
       step_lib.make_train_step(config, model_config, optimizer),
@@ -256,8 +257,10 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
   train_step = CompiledByShape("train_step", train_jit, mesh,
                                lambda batch: (abstract_state, _abstract(batch)),
                                max_shapes=len(train_pipeline.shapes))
-  train_step.compile(abstract_batch(config.data, mesh, *train_pipeline.shapes[-1]))
-  distributed.barrier("compiled")
+  precompile_largest = config.get("precompile", "largest") == "largest"
+  if precompile_largest:
+    train_step.compile(abstract_batch(config.data, mesh, *train_pipeline.shapes[-1]))
+    distributed.barrier("compiled")
   eval_step = None
   if eval_pipeline is not None:
     eval_jit = jax.jit(step_lib.make_eval_step(config, model_config),
@@ -351,6 +354,9 @@ def _run(config: ml_collections.ConfigDict, workdir: str,
         preempted = True
         break
       batch = make_global_batch(next(train_iterator), mesh)
+      if not precompile_largest and not train_step.executables:
+        train_step.compile(batch)  # the first batch's shape (the hosts agreed on it)
+        distributed.barrier("compiled")
       state, step_metrics = train_step(state, batch)
       if wait_each_step:
         jax.block_until_ready(step_metrics)

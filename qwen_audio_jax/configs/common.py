@@ -102,6 +102,11 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   c.wandb = False
   c.wandb_project = "qwen_audio_jax"
   c.compilation_cache_dir = ""  # '' = .jax_cache next to the workdir, on its filesystem
+  # Which train step compiles before step 1: 'largest' (the largest text x audio bucket pair,
+  # the worst case for memory, so a run that cannot fit fails at once, before any data is
+  # read) or 'first_batch' (the first batch's shape; a run whose clips never fill the largest
+  # bucket then never compiles it). Other shapes compile on first use either way (logged).
+  c.precompile = "largest"
   return c
 
 
@@ -116,6 +121,7 @@ def demo_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.data.audio_buckets = c.eval_data.audio_buckets = (7.0, 30.0)
   c.eval_data.text_buckets = (128, 256)
   c.log_every = 10
+  c.precompile = "first_batch"  # no demo clip needs the 30 s bucket: never compile it
   c.checkpoint.every_steps = 50
   c.checkpoint.keep = 2
   c.checkpoint.keep_best_metric = "eval/loss"

@@ -25,6 +25,7 @@ from qwen_audio_jax.training.trainable import param_paths, trained_paths
 
 STAGES = ("pretrain", "sft")
 NONFINITE = ("skip", "halt")
+PRECOMPILE = ("largest", "first_batch")
 MESH_ICI = sharding.MESH_AXES
 MESH_DCN = ("dcn_data", "dcn_fsdp")
 # Larger learning rates move every weight by more than its own scale in one step (no optimizer
@@ -134,6 +135,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
     problems.append(str(e))
   need(config.nonfinite in NONFINITE,
        f"config.nonfinite={config.nonfinite!r}: expected one of {NONFINITE}")
+  need(config.get("precompile", "largest") in PRECOMPILE,
+       f"config.precompile={config.get('precompile')!r}: expected one of {PRECOMPILE}")
   _check_specaugment(config, problems)
 
   shape = _check_mesh(config, device_count, need)
