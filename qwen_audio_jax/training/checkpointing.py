@@ -92,11 +92,31 @@ def lower_is_better(metric: str) -> bool:
   return "accuracy" not in metric
 
 
+def _no_replica_slices_on_cpu() -> None:
+  """On the CPU backend, arrays are saved whole by replica 0 (Orbax's non-replica-parallel
+  path).
+
+  Orbax's default splits every replicated array into one slice per replica, each written by
+  its own device; a slice is cut by a small jitted program per array shape, so the first save
+  of a run compiles one per parameter shape: 46 s for a ~70-array, 38 MiB state on 8 CPU
+  devices, against 0.5 s whole (measured). On CPU the devices' memory is the host's, so the
+  split buys nothing; accelerators keep Orbax's default (device-to-host copies spread over
+  replicas)."""
+  if jax.default_backend() != "cpu":
+    return
+  from orbax.checkpoint import type_handlers  # pylint: disable=g-import-not-at-top
+  handler = type_handlers.get_type_handler(jax.Array)
+  if getattr(handler, "_use_replica_parallel", False):
+    type_handlers.register_type_handler(
+        jax.Array, type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+
+
 class Checkpoints:
   """Saves and restores (train state, data iterator) pairs of one run."""
 
   def __init__(self, workdir: str, *, keep: int, keep_best_metric: str = "",
                async_save: bool = True):
+    _no_replica_slices_on_cpu()
     self.directory = os.path.join(absolute(workdir), CHECKPOINT_DIR)
     self.keep_best_metric = keep_best_metric
     policy = preservation.LatestN(n=keep)
