@@ -1,6 +1,7 @@
 """Two processes on localhost (jax.distributed, 4 CPU devices each) train the tiny model with
 per-host data, save, resume, and produce the losses of one process driving all 8 devices on the
 same global batches; SIGTERM to both stops them at the same step through JAX's preemption sync.
+One test, so that the processes start twice (not three times): the suite's time budget.
 """
 
 import json
@@ -57,14 +58,29 @@ def start(process_id, port, manifest, cache, workdir, stop_at, out):
       text=True)
 
 
-def run_two(manifest, cache, workdir, stop_at, tmp_path, tag):
+def finish(procs, outs):
+  logs = [p.communicate(timeout=900)[0] for p in procs]
+  codes = [p.returncode for p in procs]
+  assert codes == [0, 0], "\n".join(f"--- process {i} (exit {c}):\n{log[-2500:]}"
+                                     for i, (c, log) in enumerate(zip(codes, logs)))
+  return [json.load(open(o, encoding="utf-8")) for o in outs]
+
+
+def run_two(manifest, cache, workdir, stop_at, tmp_path, tag, sigterm_after_checkpoint=None):
+  """Both processes to `stop_at`; or, with `sigterm_after_checkpoint`, SIGTERM to both once that
+  step's checkpoint exists (they must then stop together at a later step)."""
   port = portpicker.pick_unused_port()
   outs = [str(tmp_path / f"{tag}{i}.json") for i in range(2)]
   procs = [start(i, port, manifest, cache, workdir, stop_at, outs[i]) for i in range(2)]
-  logs = [p.communicate(timeout=900)[0] for p in procs]
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log[-3000:]
-  return [json.load(open(o, encoding="utf-8")) for o in outs]
+  if sigterm_after_checkpoint is not None:
+    marker = os.path.join(workdir, "checkpoints", str(sigterm_after_checkpoint))
+    deadline = time.time() + 600
+    while time.time() < deadline and not os.path.isdir(marker):
+      assert all(p.poll() is None for p in procs), finish(procs, outs)
+      time.sleep(0.2)
+    for p in procs:
+      p.send_signal(signal.SIGTERM)
+  return finish(procs, outs)
 
 
 def reference_losses(manifest, cache, steps):
@@ -93,38 +109,23 @@ def reference_losses(manifest, cache, steps):
   return losses, lengths
 
 
-def test_two_processes_train_save_resume_as_one(manifest, tmp_path):
+def test_two_processes_train_save_resume_as_one_and_stop_together(manifest, tmp_path):
+  """Train to step 2 and save; resume (both processes) and SIGTERM both once step 4 is saved:
+  JAX's preemption sync stops them at the same step. The losses of steps 1..end are those of
+  one process on 8 devices."""
   cache = str(tmp_path / "cache")
   workdir = str(tmp_path / "run")
   first = run_two(manifest, cache, workdir, 2, tmp_path, "a")
   assert all(r["process_count"] == 2 and r["devices"] == 8 for r in first)
   assert first[0]["resumed_from"] is None and first[0]["step"] == 2
-  second = run_two(manifest, cache, workdir, 4, tmp_path, "b")
-  assert second[0]["resumed_from"] == 2 and second[0]["step"] == 4
+  second = run_two(manifest, cache, workdir, 10_000, tmp_path, "b", sigterm_after_checkpoint=4)
+  end = second[0]["step"]
+  assert second[0]["resumed_from"] == 2 and second[1]["step"] == end > 4
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", str(end)))
   losses = {**first[0]["losses"], **second[0]["losses"]}
   # Both processes see the same (replicated) metrics.
   assert first[0]["losses"] == first[1]["losses"] and second[0]["losses"] == second[1]["losses"]
-  expected, lengths = reference_losses(manifest, cache, 4)
+  expected, lengths = reference_losses(manifest, cache, end)
   # The hosts' batches differed in text length at some step: the agreement was exercised.
   assert any(len(s) == 2 for s in lengths), lengths
-  np.testing.assert_allclose([losses[str(s)] for s in range(1, 5)], expected, rtol=1e-5)
-
-
-def test_sigterm_stops_both_processes_at_the_same_step(manifest, tmp_path):
-  cache = str(tmp_path / "cache")
-  port = portpicker.pick_unused_port()
-  outs = [str(tmp_path / f"s{i}.json") for i in range(2)]
-  workdir = str(tmp_path / "run")
-  procs = [start(i, port, manifest, cache, workdir, 10_000, outs[i]) for i in range(2)]
-  deadline = time.time() + 600
-  while time.time() < deadline and not os.path.isdir(os.path.join(workdir, "checkpoints", "2")):
-    assert all(p.poll() is None for p in procs), "a process ended before training"
-    time.sleep(0.5)
-  for p in procs:
-    p.send_signal(signal.SIGTERM)
-  logs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, log in zip(procs, logs):
-    assert p.returncode == 0, log[-3000:]
-  results = [json.load(open(o, encoding="utf-8")) for o in outs]
-  assert results[0]["step"] == results[1]["step"] > 2
-  assert os.path.isdir(os.path.join(workdir, "checkpoints", str(results[0]["step"])))
+  np.testing.assert_allclose([losses[str(s)] for s in range(1, end + 1)], expected, rtol=1e-5)

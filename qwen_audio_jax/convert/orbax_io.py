@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from qwen_audio_jax import config as C
 from qwen_audio_jax.convert import stacking
+from qwen_audio_jax.training import checkpointing
 from qwen_audio_jax.convert.safetensors_io import CheckpointError
 from qwen_audio_jax.convert.tree import expected_shapes, flatten, path_str, unflatten
 
@@ -103,10 +104,12 @@ def save_checkpoint(out_dir: str, params: Dict, config: C.QwenAudioConfig,
     shutil.rmtree(params_dir)
   os.makedirs(out_dir, exist_ok=True)
   # A synchronous save needs no defensive copy of host arrays, so memory-mapped leaves are
-  # streamed from their files instead of being copied into memory first.
+  # streamed from their files instead of being copied into memory first. Replica-parallel
+  # writes pay only across accelerator hosts (training/checkpointing.replica_parallel_writes).
   registry = ocp.type_handlers.create_type_handler_registry(
       (np.ndarray, ocp.type_handlers.NumpyHandler(deepcopy_host_arrays=False)),
-      (jax.Array, ocp.type_handlers.ArrayHandler()))
+      (jax.Array, ocp.type_handlers.ArrayHandler(
+          use_replica_parallel=checkpointing.replica_parallel_writes())))
   with ocp.Checkpointer(ocp.PyTreeCheckpointHandler(type_handler_registry=registry)) as ckpt:
     ckpt.save(params_dir, args=ocp.args.PyTreeSave({"params": params}))
   save_model_config(config, os.path.join(out_dir, MODEL_CONFIG_FILE))
