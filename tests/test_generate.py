@@ -262,22 +262,26 @@ def test_presets_follow_the_release():
 # ----------------------------------------------------------------------------- beam search
 
 
-def _exhaustive(config, params, prompt, max_new, stop, penalty):
-  """Best (tokens, score) over every sequence of up to max_new tokens (stop token only last)."""
-  model = QwenAudio(config)
-  apply = jax.jit(model.apply)
+def _exhaustive(config, params, prompt, max_new, stop, penalties):
+  """Per length penalty, the best (tokens, score) over every sequence of up to max_new tokens
+  (stop token only last). Every candidate is scored by the full forward in one batch: each sits
+  right-padded to len(prompt) + max_new (causal attention: padding never reaches a position)."""
   vocab = config.llm.vocab_size
-  best = (None, -np.inf)
-  for n in range(1, max_new + 1):
-    for seq in itertools.product(range(vocab), repeat=n):
-      if stop in seq[:-1] or (n < max_new and seq[-1] != stop):
-        continue
-      ids = jnp.asarray([list(prompt) + list(seq)], jnp.int32)
-      logp = jax.nn.log_softmax(apply({"params": params}, ids)[0], axis=-1)
-      total = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(seq))
-      score = total / n ** penalty
-      if score > best[1]:
-        best = (list(seq), score)
+  candidates = [seq for n in range(1, max_new + 1)
+                for seq in itertools.product(range(vocab), repeat=n)
+                if stop not in seq[:-1] and (n == max_new or seq[-1] == stop)]
+  ids = np.zeros((len(candidates), len(prompt) + max_new), np.int32)
+  for i, seq in enumerate(candidates):
+    ids[i, :len(prompt) + len(seq)] = list(prompt) + list(seq)
+  logp = np.asarray(jax.nn.log_softmax(
+      jax.jit(QwenAudio(config).apply)({"params": params}, jnp.asarray(ids)), axis=-1))
+  totals = [sum(float(logp[i, len(prompt) - 1 + j, t]) for j, t in enumerate(seq))
+            for i, seq in enumerate(candidates)]
+  best = {}
+  for penalty in penalties:
+    scores = [total / len(seq) ** penalty for seq, total in zip(candidates, totals)]
+    i = int(np.argmax(scores))
+    best[penalty] = (list(candidates[i]), scores[i])
   return best
 
 
@@ -289,11 +293,14 @@ def test_beam_search_finds_the_exhaustive_optimum_on_a_toy_vocabulary():
   rows = [PreparedRequest(np.asarray(p, np.int32), np.zeros((0,), np.int32), [], 0, None)
           for p in prompts]
   generator = Generator(config, params)
-  for penalty in (0.0, 1.0, 3.0):
+  penalties = (0.0, 1.0, 3.0)
+  optima = [_exhaustive(config, params, prompt, max_new, stop, penalties) for prompt in prompts]
+  for penalty in penalties:
     settings = GenerationConfig(max_new_tokens=max_new, num_beams=9, length_penalty=penalty,
                                 stop_tokens=(stop,))
-    for prompt, result in zip(prompts, generator.generate_prepared(rows, settings)):
-      tokens, score = _exhaustive(config, params, prompt, max_new, stop, penalty)
+    for prompt, optimum, result in zip(prompts, optima,
+                                       generator.generate_prepared(rows, settings)):
+      tokens, score = optimum[penalty]
       got = list(result.tokens) + ([result.stop_token] if result.stop_token is not None else [])
       assert got == tokens, (penalty, prompt)
       np.testing.assert_allclose(result.score, score, rtol=1e-5)
