@@ -1,7 +1,7 @@
 """The notebooks in notebooks/ run headless on the tiny configs (nbclient, one kernel each), with
 the small parameters their first cells read from the environment: a narrow untrained model
 transcribing and chatting, a few steps of fine-tuning on a folder of demo clips, the planner on a
-virtual v5e-4 with a narrow model, the data pipeline on the demo corpus. Their outputs stay
+virtual v5e-1 with a narrow model, the data pipeline on the demo corpus. Their outputs stay
 stripped in git."""
 
 import json
@@ -27,8 +27,10 @@ PARAMETERS = {
                            "EVAL_EVERY": "0", "BATCH_SIZE": "8", "AUDIO_BUCKETS": "30",
                            "MODEL_OVERRIDES": json.dumps(NARROW_MODEL), **ONE_DEVICE},
     "03_data_pipeline.ipynb": {"BATCH_SIZE": "4", "PACKING": "1"},
-    "04_plan_a_run.ipynb": {"CONFIG": "pretrain:demo", "TOPOLOGY": "v5e-4", "GPUS": "h100x8",
-                            "SEARCH_BUDGET": "1", "BATCH_SIZE": "8", "TEXT_LENGTH": "64",
+    # One chip: the search's one candidate is the plan's own program, compiled once (the
+    # planner keeps the analyses of what it compiled).
+    "04_plan_a_run.ipynb": {"CONFIG": "pretrain:demo", "TOPOLOGY": "v5e-1", "GPUS": "h100x2",
+                            "SEARCH_BUDGET": "1", "BATCH_SIZE": "2", "TEXT_LENGTH": "64",
                             "MODEL_OVERRIDES": json.dumps(NARROW_MODEL)},
 }
 

@@ -55,9 +55,16 @@ def test_bad_slice_names_are_refused(name, message):
     hardware.parse_tpu(name)
 
 
-def test_virtual_tpu_plan_compiles_the_train_step():
-  plan = planner.plan_tpu(small_config(), "v5e-4")
-  assert plan.devices == 4 and plan.mesh == {"data": 4, "fsdp": 1, "tensor": 1}
+@pytest.fixture(scope="module")
+def v5e2_plan():
+  """The small config's train step compiled once for a virtual v5e-2 (the smallest slice with
+  more than one mesh layout); the tests below read it, and the search finds it again."""
+  return planner.plan_tpu(small_config(batch=4), "v5e-2")
+
+
+def test_virtual_tpu_plan_compiles_the_train_step(v5e2_plan):
+  plan = v5e2_plan
+  assert plan.devices == 2 and plan.mesh == {"data": 2, "fsdp": 1, "tensor": 1}
   assert plan.hbm_bytes == 16 * 2**30 and plan.fits
   # The state is an argument and donated: its outputs alias its inputs.
   assert plan.params_bytes > 0 and plan.opt_state_bytes > 0
@@ -70,7 +77,7 @@ def test_virtual_tpu_plan_compiles_the_train_step():
   assert plan.xla_flops > 0 and plan.analytic_flops > 0
   assert plan.prediction == "roofline" and plan.predicted_seconds > 0 and 0 < plan.mfu <= 1
   text = report.format_plan(plan)
-  assert "fits" in text and "v5e-4" in text and "roofline" in text
+  assert "fits" in text and "v5e-2" in text and "roofline" in text
 
 
 def test_plan_for_local_devices_matches_the_trainers_log(tmp_path, caplog):
@@ -80,9 +87,12 @@ def test_plan_for_local_devices_matches_the_trainers_log(tmp_path, caplog):
   config.total_steps = 2
   config.optim.warmup_steps = 1
   config.compilation_cache_dir = str(tmp_path / "cache")
+  # The demo compiles its first batch's shape; the largest pair is what the planner plans.
+  config.precompile = "largest"
   plan = planner.plan_local(config)
   with caplog.at_level(logging.INFO):
-    train.run(config, str(tmp_path / "run"), stop_at_step=1)
+    # Stopped before step 1: the largest pair is compiled ahead of time, before any step.
+    train.run(config, str(tmp_path / "run"), stop_at_step=0)
   # The largest (text, audio) pair is compiled first: the 30 s audio bucket the plan reports.
   line = next(r.getMessage() for r in caplog.records
               if re.match(r"train_step \(text length 64, audio 480000 samples\) memory per "
@@ -95,11 +105,11 @@ def test_plan_for_local_devices_matches_the_trainers_log(tmp_path, caplog):
 
 
 def test_multislice_plan_spans_the_slices():
-  config = small_config(batch=16)
+  config = small_config(batch=2)
   config.mesh.dcn_data = 2
-  plan = planner.plan_tpu(config, "v5e-4", num_slices=2)
-  assert plan.devices == 8 and plan.num_slices == 2 and plan.hosts == 2
-  assert plan.mesh["data"] == 8
+  plan = planner.plan_tpu(config, "v5e-1", num_slices=2)
+  assert plan.devices == 2 and plan.num_slices == 2 and plan.hosts == 2
+  assert plan.mesh["data"] == 2
 
 
 def test_a_program_too_big_for_the_chip_is_reported_not_raised():
@@ -116,15 +126,19 @@ def test_a_program_too_big_for_the_chip_is_reported_not_raised():
   assert not plan.fits and plan.temp_bytes > plan.hbm_bytes and plan.predicted_seconds is None
 
 
-def test_search_finds_fitting_layouts_best_first():
-  results = search.search(small_config(batch=8), "v5e-4", budget=3)
-  assert 1 <= len(results) <= 3
+def test_search_finds_fitting_layouts_best_first(v5e2_plan):
+  # v5e-2's layouts: (data 1, fsdp 2), then (data 2, fsdp 1), the fixture's plan.
+  results = search.search(small_config(batch=4), "v5e-2", budget=2)
+  assert 1 <= len(results) <= 2
   fitting = [p for p in results if p.fits]
-  assert fitting, "the tiny model fits a v5e-4 in some layout"
+  assert fitting, "the tiny model fits a v5e-2 in some layout"
   speeds = [p.tokens_per_second for p in fitting]
   assert speeds == sorted(speeds, reverse=True)
   table = search.format_table(results)
   assert table.count("\n") == len(results) + 1
+  # A candidate the process has compiled already is not compiled again: same figures.
+  same = [p for p in results if p.mesh == v5e2_plan.mesh]
+  assert same and same[0].as_dict() == v5e2_plan.as_dict()
 
 
 def test_mesh_layouts_cover_the_slice():

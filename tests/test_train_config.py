@@ -122,9 +122,11 @@ def test_specaugment_optimizer_and_loop_keys():
   c.optim.schedule = "exponential"
   c.nonfinite = "ignore"
   c.checkpoint.keep_best_metric = "loss"
+  c.precompile = "all"
   problems = problems_of(c, devices=1)
   for prefix in ("config.specaugment: max_freq_width", "config.optim.schedule='exponential'",
-                 "config.nonfinite='ignore'", "config.checkpoint.keep_best_metric='loss'"):
+                 "config.nonfinite='ignore'", "config.checkpoint.keep_best_metric='loss'",
+                 "config.precompile='all': expected one of ('largest', 'first_batch')"):
     assert any(p.startswith(prefix) for p in problems), (prefix, problems)
 
 

@@ -183,6 +183,9 @@ def test_sigterm_saves_a_restorable_checkpoint_and_exits_0(tmp_path, tone_manife
   status, output = terminate_when(start_trainer(tmp_path, tone_manifest, cache_dir),
                                   lambda line: line.startswith("step 2/10000"))
   assert status == 0, output[-3000:]
+  # precompile='first_batch' (the demo's): only the 7 s audio bucket the clips need is compiled.
+  assert "Compiled train_step for text length 64, audio 112000 samples" in output, output[-3000:]
+  assert "audio 480000 samples" not in output
   steps = checkpointing.Checkpoints(str(workdir), keep=1).all_steps()
   assert len(steps) == 1 and 2 <= steps[0] < 10_000, output[-3000:]
   with ocp.StandardCheckpointer() as checkpointer:

@@ -60,7 +60,7 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
   # (memory: one chunk of [rows, chunk_length, vocab] float32 logits; chunks without targets
   # are skipped). 0: logits of every position at once.
   # output_vocab: 'full', or 'data': logits only for the tokens the training targets contain,
-  # the other head columns held at zero (exact; qwen_audio_jax/training/output_vocab.py).
+  # the other head columns tied to one shared logit (exact; qwen_audio_jax/training/output_vocab.py).
   c.loss = ml_collections.ConfigDict(dict(z_loss_weight=0.0, chunk_length=128,
                                           output_vocab="full"))
   c.nonfinite = "skip"  # 'skip' the update (counted) or 'halt' the run

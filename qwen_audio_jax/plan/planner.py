@@ -15,6 +15,7 @@ estimate) and the MFU it implies at the chip's stated peak.
 """
 
 import dataclasses
+import hashlib
 import math
 import os
 import re
@@ -170,9 +171,28 @@ def abstract_train_state(config, model_config, mesh):
                       abstract_state, state_shardings)
 
 
-def _compile(config, model_config, mesh, step: str, text_length: int):
-  """(compiled step, abstract train state) as train.py builds them."""
-  abstract_state = abstract_train_state(config, model_config, mesh)
+@dataclasses.dataclass(frozen=True)
+class _Analysis:
+  """What a plan reads from one compile: memory fields (None: XLA refused the program, which
+  needed `needed_bytes` of temporaries), cost analysis, and how long the compile took."""
+  memory: Optional[Dict[str, int]]
+  cost: Dict[str, float]
+  needed_bytes: float
+  seconds: float
+
+
+_MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
+                  "temp_size_in_bytes", "generated_code_size_in_bytes")
+# Analyses by (lowered program, devices): the same program for the same devices compiles to the
+# same executable, so a program planned again in this process (a search candidate equal to the
+# plan made just before it, as in notebooks/04, or the same plan asked twice) is not compiled
+# again. Only the figures are kept, never the executables.
+_ANALYSES: Dict[Tuple[str, Tuple[Any, ...]], _Analysis] = {}
+
+
+def _compile(config, model_config, mesh, abstract_state, step: str, text_length: int
+             ) -> _Analysis:
+  """Lowers the step as train.py builds it, and compiles it unless this process already did."""
   state_shardings = jax.tree.map(lambda s: s.sharding, abstract_state)
   optimizer = optimizer_lib.make_optimizer(config, abstract_state.params)
   replicated = NamedSharding(mesh, PartitionSpec())
@@ -188,7 +208,27 @@ def _compile(config, model_config, mesh, step: str, text_length: int):
                      in_shardings=(state_shardings.params, None), out_shardings=replicated)
     args = (abstract_state.params, batch)
   with sharding.activation_sharding(mesh):
-    return jitted.lower(*args).compile(), abstract_state
+    lowered = jitted.lower(*args)
+  key = (hashlib.sha256(lowered.as_text().encode()).hexdigest(),
+         tuple((d.platform, d.device_kind, d.id, getattr(d, "slice_index", None),
+                tuple(getattr(d, "coords", ()))) for d in mesh.devices.flat))
+  if key not in _ANALYSES:
+    start = time.time()
+    try:
+      compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as e:
+      needed = _exhausted_bytes(str(e))
+      if needed is None:
+        raise
+      # XLA's TPU compiler refuses programs whose temporaries exceed the chip's HBM: the plan
+      # is still an answer (does not fit, and by how much).
+      _ANALYSES[key] = _Analysis(None, {}, needed, time.time() - start)
+    else:
+      memory = compiled.memory_analysis()
+      _ANALYSES[key] = _Analysis(
+          {f: int(getattr(memory, f, 0)) for f in _MEMORY_FIELDS} if memory is not None
+          else {}, _cost(compiled), 0.0, time.time() - start)
+  return _ANALYSES[key]
 
 
 def predict_seconds(cost: Dict[str, float], peak_flops: float, hbm_bandwidth: float
@@ -217,19 +257,9 @@ def plan_step(config: ml_collections.ConfigDict, devices: Sequence[Any], *, topo
   mesh = _mesh(config, devices)
   data = config.data if step == "train" else config.eval_data
   text_length = max(data.text_buckets)
-  start = time.time()
-  try:
-    compiled, abstract_state = _compile(config, model_config, mesh, step, text_length)
-  except jax.errors.JaxRuntimeError as e:
-    needed = _exhausted_bytes(str(e))
-    if needed is None:
-      raise
-    # XLA's TPU compiler refuses programs whose temporaries exceed the chip's HBM: the plan is
-    # still an answer (does not fit, and by how much).
-    compiled, abstract_state = None, abstract_train_state(config, model_config, mesh)
-  compile_seconds = time.time() - start
-  memory = compiled.memory_analysis() if compiled is not None else None
-  cost = _cost(compiled) if compiled is not None else {}
+  abstract_state = abstract_train_state(config, model_config, mesh)
+  analysis = _compile(config, model_config, mesh, abstract_state, step, text_length)
+  memory, cost = analysis.memory, analysis.cost
   parts = _trained_parts(config, model_config)
   if step == "eval":
     parts = flops.TrainedParts(audio=False, encoder_body=False, llm=False)
@@ -245,16 +275,16 @@ def plan_step(config: ml_collections.ConfigDict, devices: Sequence[Any], *, topo
       global_batch=int(data.batch_size), text_length=int(text_length),
       params_bytes=per_device_bytes(abstract_state.params),
       opt_state_bytes=per_device_bytes(abstract_state.opt_state) if step == "train" else 0,
-      argument_bytes=int(getattr(memory, "argument_size_in_bytes", 0)),
-      output_bytes=int(getattr(memory, "output_size_in_bytes", 0)),
-      alias_bytes=int(getattr(memory, "alias_size_in_bytes", 0)),
-      temp_bytes=int(getattr(memory, "temp_size_in_bytes", 0)) if memory is not None
-      else int(needed),
-      code_bytes=int(getattr(memory, "generated_code_size_in_bytes", 0)),
+      argument_bytes=memory.get("argument_size_in_bytes", 0) if memory else 0,
+      output_bytes=memory.get("output_size_in_bytes", 0) if memory else 0,
+      alias_bytes=memory.get("alias_size_in_bytes", 0) if memory else 0,
+      temp_bytes=memory.get("temp_size_in_bytes", 0) if memory is not None
+      else int(analysis.needed_bytes),
+      code_bytes=memory.get("generated_code_size_in_bytes", 0) if memory else 0,
       hbm_bytes=int(hbm_bytes), xla_flops=float(cost.get("flops", 0.0)),
       analytic_flops=float(analytic), bytes_accessed=float(cost.get("bytes accessed", 0.0)),
       predicted_seconds=predicted, prediction=prediction,
-      peak_flops=float(peak_flops), compile_seconds=compile_seconds)
+      peak_flops=float(peak_flops), compile_seconds=analysis.seconds)
 
 
 def _trained_parts(config, model_config) -> flops.TrainedParts:

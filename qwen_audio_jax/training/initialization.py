@@ -212,14 +212,14 @@ def load_full(path: str, model_config, mesh: Mesh) -> Dict:
 def initial_params(config: ml_collections.ConfigDict, model_config, mesh: Mesh,
                    rng: jax.Array) -> Tuple[Dict, List[str]]:
   """The run's first parameters and a description of where each part came from; with
-  `config.loss.output_vocab='data'` the head columns of tokens no target contains are zero."""
+  `config.loss.output_vocab='data'` the head columns of tokens no target contains are tied (zero)."""
   from qwen_audio_jax.training import output_vocab  # pylint: disable=g-import-not-at-top
   vocab = output_vocab.resolve(config, model_config)
   params, sources = _initial_params(config, model_config, mesh, rng)
   if vocab is not None:
     params = output_vocab.restrict_head(params, model_config, vocab)
     sources.append(f"output head restricted to the {len(vocab.ids):,} tokens of the training "
-                   f"targets ({vocab.rest:,} columns zero)")
+                   f"targets ({vocab.rest:,} other columns tied, starting at zero)")
     logging.info("Initial parameters: %s", sources[-1])
   return params, sources
 

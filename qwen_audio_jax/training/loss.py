@@ -38,21 +38,28 @@ def _predictions(batch: Dict[str, jax.Array]):
 
 def _sums(logits, labels, valid, task_ids, num_tasks: int, vocab=None) -> Dict[str, jax.Array]:
   """Sums from logits over the whole vocabulary, or (with `vocab`, an OutputVocab of
-  training.output_vocab) over its kept tokens, the others having logit 0."""
+  training.output_vocab) over its kept tokens followed by the one logit the other (tied) tokens
+  share."""
   logits = logits.astype(jnp.float32)
-  log_z = jax.nn.logsumexp(logits, axis=-1)
   if vocab is None:
+    log_z = jax.nn.logsumexp(logits, axis=-1)
     label_logits = jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
     predicted = jnp.argmax(logits, axis=-1) == labels
   else:
-    # (V - n) tokens with logit exactly 0 add (V - n) * e^0 to the normaliser; a label among
-    # them has logit 0; a kept token is the prediction only when it beats them.
-    log_z = jnp.logaddexp(log_z, jnp.log(float(vocab.rest)) if vocab.rest else -jnp.inf)
+    # (V - n) tokens sharing logit r add (V - n) * e^r to the normaliser; a label among them
+    # has logit r; a kept token is the prediction only when it beats them.
     index = jnp.asarray(vocab.index_of())[labels]
     kept = index >= 0
+    if vocab.rest:
+      logits, rest_logit = logits[..., :-1], logits[..., -1]
+    else:
+      rest_logit = jnp.full(logits.shape[:-1], -jnp.inf)
+    log_z = jnp.logaddexp(jax.nn.logsumexp(logits, axis=-1),
+                          rest_logit + jnp.log(float(max(vocab.rest, 1))))
     label_logits = jnp.where(
-        kept, jnp.take_along_axis(logits, jnp.maximum(index, 0)[..., None], axis=-1)[..., 0], 0.0)
-    beats_rest = (jnp.max(logits, axis=-1) > 0) if vocab.rest else True
+        kept, jnp.take_along_axis(logits, jnp.maximum(index, 0)[..., None], axis=-1)[..., 0],
+        rest_logit)
+    beats_rest = jnp.max(logits, axis=-1) > rest_logit
     predicted = kept & (jnp.argmax(logits, axis=-1) == index) & beats_rest
   token_loss = log_z - label_logits
   correct = predicted & valid
@@ -82,7 +89,7 @@ def chunked_loss_sums(hidden: jax.Array, head: jax.Array, batch: Dict[str, jax.A
   """`loss_sums` from final-normed hidden states [B, T, W] and the output head [W, V], computing
   the logits of the target positions only, `chunk_length` per row at a time (see the module
   docstring). Rows stay where they are (a batch sharded over devices keeps its sharding). With
-  `vocab` (an OutputVocab), `head` holds only its kept columns [W, n]."""
+  `vocab` (an OutputVocab), `head` is `output_vocab.kept_columns`: [W, n (+ 1)]."""
   labels, valid, task_ids = _predictions(batch)
   hidden = hidden[:, :-1]
   rows, positions = labels.shape

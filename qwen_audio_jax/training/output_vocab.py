@@ -5,17 +5,24 @@ head: projecting every position onto 155,947 rows and back costs 20 times the re
 2-layer, 96-wide LLM. A closed-vocabulary corpus (the bundled demo) only ever targets a few
 hundred of those tokens. With `loss.output_vocab = 'data'` the model keeps the real tokenizer,
 the real ids and the full-size embedding and head, but the head's columns of every token that no
-training target contains are set to zero and stay zero:
+training target contains are *tied*: they start equal (zero) and stay equal, so the model is
+the full-vocabulary model whose V - n other tokens share one logit r = h . w_rest:
 
-  * their logits are exactly 0, so the full softmax normaliser is the sum over the kept tokens'
-    exp(logit) plus (V - n) * exp(0), and the loss computed from the n kept columns and that
-    constant equals the full-vocabulary loss of the model, exactly;
-  * their gradient is exactly zero (the loss does not read them), so AdamW (no weight decay on a
-    zero parameter) never moves them;
-  * generation over the full vocabulary (`qwen_audio_jax.infer`, the decoding evaluations) sees
-    the same model: a kept token wins only when its logit beats 0, which training ensures.
+  * the full softmax normaliser is the sum over the kept tokens' exp(logit) plus
+    (V - n) * exp(r), so the loss computed from the n kept columns and the mean of the others
+    (which is w_rest) equals the full-vocabulary loss of the model;
+  * the gradient that reaches each other column through that mean is 1 / (V - n) of the shared
+    logit's, which is exactly the full model's gradient of that column; identical gradients and
+    identical optimizer state keep the columns identical under AdamW, clipping and weight decay
+    (all elementwise or a common scale), so the tie holds for the whole run;
+  * the shared logit is trained, so the model learns to push the tokens it never writes down
+    (with the columns frozen at zero instead, every kept logit would first have to outgrow
+    155,000 logits of 0 before any generated token is right: hundreds of demo steps);
+  * generation over the full vocabulary (`qwen_audio_jax.infer`, the decoding evaluations,
+    exports) sees the same model: its other columns are the tied ones.
 
-The projection then costs n / V of the full one (n ~ 700 of 155,947 on the demo corpus).
+The projection then costs (n + 1) / V of the full one (n ~ 700 of 155,947 on the demo corpus),
+plus one mean over the head's columns per step.
 'full' (the default, and the only choice for the paper's recipe) changes nothing.
 """
 
@@ -39,7 +46,7 @@ class OutputVocab:
 
   @property
   def rest(self) -> int:
-    """How many tokens have a zero head column (logit exactly 0)."""
+    """How many tokens share the tied head column (and so one logit)."""
     return self.vocab_size - len(self.ids)
 
   def index_of(self) -> np.ndarray:
@@ -101,12 +108,13 @@ def resolve(config: ml_collections.ConfigDict, model_config) -> Optional[OutputV
 
 
 def restrict_head(params, model_config, vocab: Optional[OutputVocab]):
-  """`params` with the output head's columns outside `vocab` set to zero (see the docstring)."""
+  """`params` with the output head's columns outside `vocab` tied: all set to zero (see the
+  docstring: they stay equal from then on)."""
   if vocab is None:
     return params
   if model_config.llm.tie_embeddings:
     raise ValueError("config.loss.output_vocab='data' needs an untied output head "
-                     "(llm.tie_embeddings=False): zeroing tied rows would erase input embeddings")
+                     "(llm.tie_embeddings=False): tying rows would erase input embeddings")
   keep = np.zeros(vocab.vocab_size, bool)
   keep[vocab.ids] = True
   head = params["llm"]["lm_head"]
@@ -116,5 +124,12 @@ def restrict_head(params, model_config, vocab: Optional[OutputVocab]):
 
 
 def kept_columns(head: jax.Array, vocab: OutputVocab) -> jax.Array:
-  """[W, V] head -> [W, n] columns of the kept tokens (the loss projects onto these only)."""
-  return jnp.take(head, jnp.asarray(vocab.ids), axis=1)
+  """[W, V] head -> [W, n + 1]: the kept tokens' columns, then the mean of the other (tied)
+  columns, whose logit every other token shares (only [W, n] when no token is left out)."""
+  kept = jnp.take(head, jnp.asarray(vocab.ids), axis=1)
+  if not vocab.rest:
+    return kept
+  other = np.ones(vocab.vocab_size, bool)
+  other[vocab.ids] = False
+  rest = jnp.sum(head * jnp.asarray(other, head.dtype)[None, :], axis=1) / vocab.rest
+  return jnp.concatenate([kept, rest[:, None]], axis=1)
