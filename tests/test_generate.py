@@ -70,21 +70,45 @@ def _mixed_rows():
   ]
 
 
-def _cache_free_greedy(config, params, row, steps):
-  """Greedy decoding by re-running the full forward (no cache) on the growing sequence."""
+def _pair():
+  """Two rows of different prompt and clip lengths that share their shape buckets, so they run
+  as one batch (left padding under test) and each decoding setting compiles one program."""
+  rows = _mixed_rows()
+  return [rows[0], rows[3]]
+
+
+@pytest.fixture(scope="module")
+def toy_generator(toy):
+  """One Generator on the toy model for the tests that only decode (its programs are reused
+  across them: greedy on `_pair()` compiles once for the whole module)."""
+  config, params = toy
+  return Generator(config, params)
+
+
+def _cache_free_greedy(config, params, rows, steps):
+  """Greedy decoding by re-running the full forward (no cache) on each row's growing sequence.
+
+  The sequence sits right-padded in a buffer of one fixed length (causal attention: the padding
+  after a position never reaches it), so the forward compiles once, not once per length."""
   model = QwenAudio(config)
-  mels = np.stack([mel_lib.log_mel_spectrogram(w, config.encoder.n_mels) for w in row.waves])
-  ids = list(row.ids)
   apply = jax.jit(model.apply)
-  out = []
-  for _ in range(steps):
-    logits = apply({"params": params}, jnp.asarray([ids], jnp.int32),
-                   audio_mel=jnp.asarray(mels)[None],
-                   audio_lengths=jnp.asarray([row.num_samples]),
-                   audio_starts=jnp.asarray([row.audio_starts]))
-    out.append(int(jnp.argmax(logits[0, -1])))
-    ids.append(out[-1])
-  return out
+  width = max(len(row.ids) for row in rows) + steps
+  outs = []
+  for row in rows:
+    mels = np.stack([mel_lib.log_mel_spectrogram(w, config.encoder.n_mels) for w in row.waves])
+    ids = np.zeros((1, width), np.int32)
+    n = len(row.ids)
+    ids[0, :n] = row.ids
+    out = []
+    for _ in range(steps):
+      logits = apply({"params": params}, jnp.asarray(ids), audio_mel=jnp.asarray(mels)[None],
+                     audio_lengths=jnp.asarray([row.num_samples]),
+                     audio_starts=jnp.asarray([row.audio_starts]))
+      out.append(int(jnp.argmax(logits[0, n - 1])))
+      ids[0, n] = out[-1]
+      n += 1
+    outs.append(out)
+  return outs
 
 
 def _greedy(steps, **kw):
@@ -132,14 +156,14 @@ def test_greedy_matches_transformers_generate_qwen2_audio(tmp_path):
     assert result.finish_reason == "length" and result.prompt_tokens == len(rows[b])
 
 
-def test_greedy_matches_cache_free_decoding_qwen_audio_layout(toy):
+def test_greedy_matches_cache_free_decoding_qwen_audio_layout(toy, toy_generator):
   config, params = toy
-  rows = _mixed_rows()[:2]
+  rows = _pair()
   steps = 10
-  results = Generator(config, params).generate_prepared(rows, _greedy(steps))
-  for b, (row, result) in enumerate(zip(rows, results)):
-    np.testing.assert_array_equal(result.tokens, _cache_free_greedy(config, params, row, steps),
-                                  err_msg=f"row {b}")
+  results = toy_generator.generate_prepared(rows, _greedy(steps))
+  for b, (expected, result) in enumerate(zip(_cache_free_greedy(config, params, rows, steps),
+                                             results)):
+    np.testing.assert_array_equal(result.tokens, expected, err_msg=f"row {b}")
 
 
 # ----------------------------------------------------------------------------- batching
@@ -181,10 +205,9 @@ def test_shapes_are_bucketed(toy):
 # ----------------------------------------------------------------------------- stopping
 
 
-def test_stop_tokens_end_each_row_on_its_own(toy):
-  config, params = toy
-  rows = _mixed_rows()[:2]
-  generator = Generator(config, params)
+def test_stop_tokens_end_each_row_on_its_own(toy_generator):
+  rows = _pair()
+  generator = toy_generator
   free = generator.generate_prepared(rows, _greedy(10))
   stop = int(free[0].tokens[3])
   assert stop not in free[0].tokens[:3]
@@ -200,10 +223,9 @@ def test_stop_tokens_end_each_row_on_its_own(toy):
 # ----------------------------------------------------------------------------- sampling
 
 
-def test_sampling_is_deterministic_per_seed_and_filters_work(toy):
-  config, params = toy
-  rows = _mixed_rows()[:2]
-  generator = Generator(config, params)
+def test_sampling_is_deterministic_per_seed_and_filters_work(toy_generator):
+  rows = _pair()  # batched together: row 1's draws alone below are checked against its batch's
+  generator = toy_generator
   sampling = GenerationConfig(max_new_tokens=10, do_sample=True, top_k=50, top_p=0.9,
                               temperature=1.5, stop_tokens=())
   a = generator.generate_prepared(rows, sampling)
@@ -240,22 +262,26 @@ def test_presets_follow_the_release():
 # ----------------------------------------------------------------------------- beam search
 
 
-def _exhaustive(config, params, prompt, max_new, stop, penalty):
-  """Best (tokens, score) over every sequence of up to max_new tokens (stop token only last)."""
-  model = QwenAudio(config)
-  apply = jax.jit(model.apply)
+def _exhaustive(config, params, prompt, max_new, stop, penalties):
+  """Per length penalty, the best (tokens, score) over every sequence of up to max_new tokens
+  (stop token only last). Every candidate is scored by the full forward in one batch: each sits
+  right-padded to len(prompt) + max_new (causal attention: padding never reaches a position)."""
   vocab = config.llm.vocab_size
-  best = (None, -np.inf)
-  for n in range(1, max_new + 1):
-    for seq in itertools.product(range(vocab), repeat=n):
-      if stop in seq[:-1] or (n < max_new and seq[-1] != stop):
-        continue
-      ids = jnp.asarray([list(prompt) + list(seq)], jnp.int32)
-      logp = jax.nn.log_softmax(apply({"params": params}, ids)[0], axis=-1)
-      total = sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(seq))
-      score = total / n ** penalty
-      if score > best[1]:
-        best = (list(seq), score)
+  candidates = [seq for n in range(1, max_new + 1)
+                for seq in itertools.product(range(vocab), repeat=n)
+                if stop not in seq[:-1] and (n == max_new or seq[-1] == stop)]
+  ids = np.zeros((len(candidates), len(prompt) + max_new), np.int32)
+  for i, seq in enumerate(candidates):
+    ids[i, :len(prompt) + len(seq)] = list(prompt) + list(seq)
+  logp = np.asarray(jax.nn.log_softmax(
+      jax.jit(QwenAudio(config).apply)({"params": params}, jnp.asarray(ids)), axis=-1))
+  totals = [sum(float(logp[i, len(prompt) - 1 + j, t]) for j, t in enumerate(seq))
+            for i, seq in enumerate(candidates)]
+  best = {}
+  for penalty in penalties:
+    scores = [total / len(seq) ** penalty for seq, total in zip(candidates, totals)]
+    i = int(np.argmax(scores))
+    best[penalty] = (list(candidates[i]), scores[i])
   return best
 
 
@@ -267,11 +293,14 @@ def test_beam_search_finds_the_exhaustive_optimum_on_a_toy_vocabulary():
   rows = [PreparedRequest(np.asarray(p, np.int32), np.zeros((0,), np.int32), [], 0, None)
           for p in prompts]
   generator = Generator(config, params)
-  for penalty in (0.0, 1.0, 3.0):
+  penalties = (0.0, 1.0, 3.0)
+  optima = [_exhaustive(config, params, prompt, max_new, stop, penalties) for prompt in prompts]
+  for penalty in penalties:
     settings = GenerationConfig(max_new_tokens=max_new, num_beams=9, length_penalty=penalty,
                                 stop_tokens=(stop,))
-    for prompt, result in zip(prompts, generator.generate_prepared(rows, settings)):
-      tokens, score = _exhaustive(config, params, prompt, max_new, stop, penalty)
+    for prompt, optimum, result in zip(prompts, optima,
+                                       generator.generate_prepared(rows, settings)):
+      tokens, score = optimum[penalty]
       got = list(result.tokens) + ([result.stop_token] if result.stop_token is not None else [])
       assert got == tokens, (penalty, prompt)
       np.testing.assert_allclose(result.score, score, rtol=1e-5)
@@ -281,11 +310,11 @@ def test_beam_search_finds_the_exhaustive_optimum_on_a_toy_vocabulary():
 
 
 @pytest.mark.parametrize("layout", [(8, 1, 1), (2, 2, 2), (1, 2, 4)])
-def test_sharded_generation_equals_one_device(toy, layout):
+def test_sharded_generation_equals_one_device(toy, toy_generator, layout):
   config, params = toy
   rows = _mixed_rows()
   settings = _greedy(8)
-  expected = Generator(config, params).generate_prepared(rows, settings)
+  expected = toy_generator.generate_prepared(rows, settings)
   mesh = sharding.make_mesh(layout)
   got = Generator(config, params, mesh=mesh).generate_prepared(rows, settings)
   for b, (x, y) in enumerate(zip(got, expected)):

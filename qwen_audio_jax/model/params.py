@@ -2,6 +2,7 @@
 allocating memory) and the '/'-joined paths that name their leaves everywhere in the project
 (`audio_encoder/blocks/block/query/kernel`: config regexes, checkpoints, error messages)."""
 
+import functools
 from typing import Any, Dict, Sequence
 
 import flax.linen as nn
@@ -53,9 +54,17 @@ def init_params(config: QwenAudioConfig, rng) -> Dict:
   return QwenAudio(config).init(rng, ids, **inputs)["params"]
 
 
-def abstract_params(config: QwenAudioConfig) -> Dict:
-  """ShapeDtypeStructs of the parameters (boxed with logical axes), nothing allocated."""
+@functools.lru_cache(maxsize=16)
+def _abstract_params(config: QwenAudioConfig) -> Dict:
   return jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+
+
+def abstract_params(config: QwenAudioConfig) -> Dict:
+  """ShapeDtypeStructs of the parameters (boxed with logical axes), nothing allocated.
+
+  Traced once per model config (a trace of the whole model's init: seconds, and a run asks for
+  it several times); each call returns its own copy of the tree."""
+  return jax.tree.map(lambda x: x, _abstract_params(config))
 
 
 def count_params(config: QwenAudioConfig) -> Dict[str, int]:
