@@ -164,6 +164,14 @@ def current_mesh() -> Optional[Mesh]:
   return _CONTEXT.mesh
 
 
+def compile_platform() -> str:
+  """The platform being compiled for: the enclosing mesh's devices ('tpu' for the planner's
+  virtual TPU slice on a CPU host), else JAX's default backend. Trace-time choices that depend
+  on the platform (attention implementation, DFT method) read this, not the host's backend."""
+  mesh = _CONTEXT.mesh
+  return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+
+
 def activation_spec(logical_axes: Sequence[Optional[str]], shape) -> Optional[PartitionSpec]:
   """The PartitionSpec `constrain` pins for these names and shape (None outside a mesh)."""
   mesh = _CONTEXT.mesh

@@ -132,3 +132,22 @@ def test_compiles_for_virtual_tpu_with_smaller_temporaries(tpu_mesh, name, shape
   # 'xla' holds the [T, S] probabilities of every local head (and their gradient).
   logits_bytes = (shape["batch"] // 2) * (shape["heads"] // 2) * shape["length"] ** 2 * 2
   assert xla_temp > logits_bytes > 4 * flash_temp, (name, xla_temp, flash_temp)
+
+
+def test_auto_choices_follow_the_platform_compiled_for():
+  """A step traced for a virtual TPU slice from this CPU host makes the TPU's trace-time choices
+  (attention implementation, DFT method, the Pallas kernel compiled rather than interpreted)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
+  from qwen_audio_jax import sharding  # pylint: disable=g-import-not-at-top
+  from qwen_audio_jax.audio import mel  # pylint: disable=g-import-not-at-top
+  from qwen_audio_jax.model import attention  # pylint: disable=g-import-not-at-top
+  from qwen_audio_jax.plan import hardware, planner  # pylint: disable=g-import-not-at-top
+  assert attention.resolve_impl("auto") == "flash" and mel._resolve_dft("auto") == "fft"
+  tpu_mesh = Mesh(np.array(planner.virtual_tpu_devices(hardware.parse_tpu("v5e-1"))), ("data",))
+  with sharding.activation_sharding(tpu_mesh):
+    assert sharding.compile_platform() == "tpu"
+    assert attention.resolve_impl("auto") == "xla" and mel._resolve_dft("auto") == "matmul"
+  cpu_mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+  with sharding.activation_sharding(cpu_mesh):
+    assert attention.resolve_impl("auto") == "flash"

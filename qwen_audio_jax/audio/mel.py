@@ -269,7 +269,8 @@ def _resolve_dft(dft: str) -> str:
   if dft not in DFT_METHODS:
     raise ValueError(f"dft: expected one of {DFT_METHODS}, got {dft!r}")
   if dft == "auto":
-    return "matmul" if jax.default_backend() == "tpu" else "fft"
+    from qwen_audio_jax import sharding  # pylint: disable=g-import-not-at-top
+    return "matmul" if sharding.compile_platform() == "tpu" else "fft"
   return dft
 
 

@@ -20,6 +20,7 @@ import flax
 import jax
 import jax.numpy as jnp
 
+from qwen_audio_jax import sharding
 from qwen_audio_jax.model import tpu_attention
 from qwen_audio_jax.model.flash_attention import flash_attention
 
@@ -63,10 +64,12 @@ def resolve_impl(impl: str, dtype=jnp.float32) -> str:
 
   CPU: 'flash' (measured: benchmarks/attention.py); GPU: 'cudnn' (the fused flash kernel) for
   16-bit inputs, which it requires, else 'xla'; elsewhere (TPU): 'xla' (not measured here).
+  The platform is the one compiled for (`sharding.compile_platform`: a virtual TPU slice
+  planned from a CPU host gets the TPU choice).
   """
   if impl != "auto":
     return impl
-  backend = jax.default_backend()
+  backend = sharding.compile_platform()
   if backend == "cpu":
     return "flash"
   if backend in ("gpu", "cuda") and jnp.dtype(dtype).itemsize == 2:

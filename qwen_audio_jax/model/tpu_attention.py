@@ -115,8 +115,7 @@ def tpu_flash_attention(query, key, value, q_segments, kv_segments, *, causal: b
                      f"attention), got {q_len} queries and {kv_len} keys")
   mesh = sharding.current_mesh()
   if interpret is None:  # the platform compiled for: the mesh's devices (virtual TPUs too)
-    platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
-    interpret = platform != "tpu"
+    interpret = sharding.compile_platform() != "tpu"
   q_segments = jnp.asarray(q_segments, jnp.int32)
   kv_segments = jnp.asarray(kv_segments, jnp.int32)
   t_pad = padded_length(q_len, max_block) - q_len
