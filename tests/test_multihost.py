@@ -89,7 +89,7 @@ def reference_losses(manifest, cache, steps):
   model_config = initialization.model_config_from(config)
   mesh = train.build_mesh(config)
   rng_params, rng_train = jax.random.split(jax.random.key(config.seed))
-  params = initialization.random_params(model_config, mesh, rng_params)
+  params, _ = initialization.initial_params(config, model_config, mesh, rng_params)
   optimizer = optimizer_lib.make_optimizer(config, params)
   state = jax.jit(lambda p, r: step_lib.init_train_state(config, p, r))(params, rng_train)
   step_fn = jax.jit(step_lib.make_train_step(config, model_config, optimizer))

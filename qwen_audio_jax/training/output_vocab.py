@@ -9,10 +9,10 @@ training target contains are *tied*: they start equal (zero) and stay equal, so 
 the full-vocabulary model whose V - n other tokens share one logit r = h . w_rest:
 
   * the full softmax normaliser is the sum over the kept tokens' exp(logit) plus
-    (V - n) * exp(r), so the loss computed from the n kept columns and the mean of the others
-    (which is w_rest) equals the full-vocabulary loss of the model;
-  * the gradient that reaches each other column through that mean is 1 / (V - n) of the shared
-    logit's, which is exactly the full model's gradient of that column; identical gradients and
+    (V - n) * exp(r), so the loss computed from the n kept columns and one of the others (which
+    is w_rest, their mean) equals the full-vocabulary loss of the model;
+  * each other column gets the gradient of their mean, 1 / (V - n) of the shared logit's, which
+    is exactly the full model's gradient of that column; identical gradients and
     identical optimizer state keep the columns identical under AdamW, clipping and weight decay
     (all elementwise or a common scale), so the tie holds for the whole run;
   * the shared logit is trained, so the model learns to push the tokens it never writes down
@@ -21,8 +21,7 @@ the full-vocabulary model whose V - n other tokens share one logit r = h . w_res
   * generation over the full vocabulary (`qwen_audio_jax.infer`, the decoding evaluations,
     exports) sees the same model: its other columns are the tied ones.
 
-The projection then costs (n + 1) / V of the full one (n ~ 700 of 155,947 on the demo corpus),
-plus one mean over the head's columns per step.
+The projection then costs (n + 1) / V of the full one (n ~ 700 of 155,947 on the demo corpus).
 'full' (the default, and the only choice for the paper's recipe) changes nothing.
 """
 
@@ -123,13 +122,34 @@ def restrict_head(params, model_config, vocab: Optional[OutputVocab]):
   return dict(params, llm=llm)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _tied_column(head: jax.Array, first: int, vocab: OutputVocab) -> jax.Array:
+  """Column `first` of the tied ones (all equal: it is their mean, exactly, with no sum)."""
+  return head[:, first]
+
+
+def _tied_column_fwd(head, first, vocab):
+  return head[:, first], None
+
+
+def _tied_column_bwd(first, vocab, _, grad):
+  # The gradient of their mean: 1 / (V - n) of the shared logit's to every tied column.
+  other = np.ones(vocab.vocab_size, np.float32)
+  other[vocab.ids] = 0.0
+  return (grad[:, None] * jnp.asarray(other / vocab.rest, grad.dtype)[None, :],)
+
+
+_tied_column.defvjp(_tied_column_fwd, _tied_column_bwd)
+
+
 def kept_columns(head: jax.Array, vocab: OutputVocab) -> jax.Array:
-  """[W, V] head -> [W, n + 1]: the kept tokens' columns, then the mean of the other (tied)
-  columns, whose logit every other token shares (only [W, n] when no token is left out)."""
+  """[W, V] head -> [W, n + 1]: the kept tokens' columns, then the tied columns' shared one,
+  whose logit every other token shares (only [W, n] when no token is left out). The tied
+  column is read as one of them, exact, with the gradient of their mean."""
   kept = jnp.take(head, jnp.asarray(vocab.ids), axis=1)
   if not vocab.rest:
     return kept
   other = np.ones(vocab.vocab_size, bool)
   other[vocab.ids] = False
-  rest = jnp.sum(head * jnp.asarray(other, head.dtype)[None, :], axis=1) / vocab.rest
-  return jnp.concatenate([kept, rest[:, None]], axis=1)
+  first = int(np.argmax(other))
+  return jnp.concatenate([kept, _tied_column(head, first, vocab)[:, None]], axis=1)
