@@ -36,10 +36,16 @@ def get_config(arg: str = "demo"):
     c.data.text_buckets = (192,)  # every demo row fits; one compiled step
     c.eval_data.text_buckets = (192,)
     c.total_steps = 600
+    # 1e-2 learns a slice of 8 clips by heart faster (loss 1.7 against 4.6 after 40 steps) but
+    # the whole corpus slower (speech loss 2.59 against 1.98 at step 190).
     c.optim.learning_rate = 3e-3
     c.optim.warmup_steps = 30
     c.specaugment.enabled = False  # too few steps for the augmented task to pay off
     c.eval_every = 200
+    # The whole held-out split (its tasks are read one after another, so a few batches would
+    # all be of one task), 16 rows at a time.
+    c.eval_steps = 0
+    c.eval_data.batch_size = 16
     c.checkpoint.every_steps = 200
     # The run ends with generation on the held-out split (new sentences, a new voice), written
     # to TensorBoard as decode/<name>/..., and a report against these targets.
@@ -48,7 +54,9 @@ def get_config(arg: str = "demo"):
     c.evals.demo_count = common.benchmark("demo_aqa")  # "How many beeps / clicks are there?"
     c.evals.demo_count.name = "demo_count"
     c.evals.demo_count.data.paths = os.path.join(DEMO_DIR, "eval_count.jsonl")
-    c.evals.demo.max_new_tokens = 32  # the longest held-out transcript is 10 tokens
+    # The longest held-out transcript is 10 tokens; every evaluation then shares the programs
+    # of one new-token bucket.
+    c.evals.demo.max_new_tokens = 16
     for name in c.evals:
       c.evals[name].batch_size = 16
     c.report.targets = ml_collections.ConfigDict(

@@ -15,7 +15,8 @@ how the sound was made.
 
 Rows (schema: qwen_audio_jax/data/README.md): `asr` and `srwt` for every speech clip, `caption`
 and `event` for every sound clip, `aqa` for the sound clips that have a question, and `chat`
-dialogues over both (some multi-turn, some with two clips). Clips are Ogg Vorbis at 16 kHz mono:
+dialogues over both (some multi-turn, some with two clips), then extra training clips of beeps and
+click trains with their counting question only. Clips are Ogg Opus at 16 kHz mono:
 the corpus must stay small, and lossy coding does not move word boundaries. For a seed the
 manifests and the decoded audio are reproduced exactly; the .ogg bytes are not, because every
 Ogg stream gets a random serial number.
@@ -339,6 +340,24 @@ def build_split(split: str, sentences: Sequence[str], n_sounds: int, out_dir: st
   return rows
 
 
+def counting_rows(n_clips: int, out_dir: str, rng: np.random.Generator) -> List[Dict]:
+  """Extra training clips of beeps and click trains (in turn), each with its counting question
+  only. Counting is the one question whose answer varies most from clip to clip, and 160 clips
+  of it are too few to learn it from; these come from their own random stream, so the rest of
+  the corpus is the same with or without them."""
+  rows = []
+  for i in range(n_clips):
+    kind = ("beeps", "clicks")[i % 2]
+    wave, info = make_sound(kind, rng)
+    clip_id = f"train-count-{i:03d}"
+    row = {"id": f"aqa-{clip_id}", "task": "aqa", "audio": write_clip(out_dir, clip_id, wave),
+           "audio_language": "unknown", "question": info["question"], "answer": info["answer"]}
+    if "choices" in info:
+      row["choices"] = info["choices"]
+    rows.append(row)
+  return rows
+
+
 COUNT_QUESTIONS = ("How many beeps are there?", "How many clicks are there?")
 COUNT_MANIFEST = "eval_count.jsonl"
 
@@ -364,6 +383,8 @@ def main(argv=None):
                       help="held-out speech clips (new sentences, the held-out voice and speed)")
   parser.add_argument("--train-sounds", type=int, default=480)
   parser.add_argument("--eval-sounds", type=int, default=96)
+  parser.add_argument("--train-count-sounds", type=int, default=480,
+                      help="extra training clips with a counting question only (beeps, clicks)")
   args = parser.parse_args(argv)
   if shutil.which("espeak-ng") is None:
     raise SystemExit("espeak-ng is not installed (apt-get install espeak-ng)")
@@ -377,6 +398,9 @@ def main(argv=None):
     speaker = Speaker(workdir)
     for split, (sentences, n_sounds) in splits.items():
       rows = build_split(split, sentences, n_sounds, args.out, rng, speaker)
+      if split == "train":
+        rows += counting_rows(args.train_count_sounds, args.out,
+                              np.random.default_rng([args.seed, 1]))
       write_manifest(os.path.join(args.out, f"{split}.jsonl"), rows)
       if split == "eval":
         write_manifest(os.path.join(args.out, COUNT_MANIFEST), count_rows(rows))

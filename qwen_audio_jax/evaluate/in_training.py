@@ -8,7 +8,8 @@ prompt, decoding, metric); the loop asks `due(step)` which to run and `run(...)`
 the current parameters (LoRA merged), scores, writes `<workdir>/eval/<step>/<name>/`
 (report.json, predictions.jsonl) and returns the metrics as scalars `decode/<name>/<metric>`
 for TensorBoard, next to the loss. One `Generator` serves every evaluation of the run, so its
-programs compile once; the parameters are handed to it at each call.
+programs compile once; the parameters are handed to it at each call, and every call has the
+same batch size (`DecodingEvals.buckets`).
 """
 
 import os
@@ -59,6 +60,15 @@ class DecodingEvals:
     return [name for name, c in self.benchmarks.items()
             if (c.every_steps and step % c.every_steps == 0) or step == self.total_steps]
 
+  def buckets(self):
+    """Generation shape buckets of these evaluations: every call is padded to the largest
+    evaluation batch, so a short last batch (or a prompt bucket with few rows) reuses the
+    program of a full one instead of compiling its own; the programs of a run are then one per
+    (prompt, mel frames, new tokens) bucket."""
+    from qwen_audio_jax.generate import Buckets  # pylint: disable=g-import-not-at-top
+    sizes = [int(c.batch_size) for c in self.benchmarks.values()] or [1]
+    return Buckets(batch=(max(sizes),))
+
   def _generator_for(self, params):
     from qwen_audio_jax.generate import Generator  # pylint: disable=g-import-not-at-top
     from qwen_audio_jax.training import initialization  # pylint: disable=g-import-not-at-top
@@ -66,7 +76,8 @@ class DecodingEvals:
       if self._tokenizer is None:
         from qwen_audio_jax.data.transforms import load_tokenizer  # pylint: disable=g-import-not-at-top
         self._tokenizer = load_tokenizer(self._tokenizer_path)
-      self._generator = Generator(self.model_config, params, self._tokenizer, mesh=self.mesh)
+      self._generator = Generator(self.model_config, params, self._tokenizer, mesh=self.mesh,
+                                  buckets=self.buckets())
     else:
       # The programs take the parameters as an argument: new values, same layout, no recompile.
       self._generator.params = jax.device_put(

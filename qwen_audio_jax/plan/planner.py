@@ -11,7 +11,9 @@ what `python -m qwen_audio_jax.train` would compile on that slice.
 Reported per device: parameters and optimizer state (from the shardings), XLA's argument /
 output / temporary sizes, the total against the chip's HBM; FLOPs per step from XLA and from
 the analytic formula of training/flops.py side by side; the predicted step time (XLA's
-estimate) and the MFU it implies at the chip's stated peak.
+estimate) and the MFU it implies at the chip's stated peak. XLA counts a loop's body once (the
+scanned layers, gradient accumulation, the chunked loss), so its FLOPs, bytes and time are
+multiplied by the loops' trip counts read from the compiled program (plan/hlo_loops.py).
 """
 
 import dataclasses
@@ -28,7 +30,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from qwen_audio_jax import errors, sharding
-from qwen_audio_jax.plan import hardware
+from qwen_audio_jax.plan import hardware, hlo_loops
 from qwen_audio_jax.training import flops, initialization, layout, validation
 from qwen_audio_jax.training import optimizer as optimizer_lib
 from qwen_audio_jax.training import step as step_lib
@@ -95,9 +97,13 @@ class StepPlan:
   temp_bytes: int
   code_bytes: int
   hbm_bytes: int
-  xla_flops: float
+  xla_flops: float  # XLA's cost analysis: each loop body counted once
   analytic_flops: float
-  bytes_accessed: float
+  bytes_accessed: float  # XLA's, each loop body once
+  # XLA's FLOPs with the products its loops repeat added (plan/hlo_loops.py), over XLA's: the
+  # factor its FLOPs, bytes and time are scaled by for the loops' trip counts.
+  loop_scale: float
+  loop_trip_counts: Tuple[int, ...]
   predicted_seconds: Optional[float]
   prediction: str  # 'xla' (XLA's optimal_seconds), 'roofline' or 'none'
   peak_flops: float
@@ -114,6 +120,11 @@ class StepPlan:
     return self.total_bytes <= self.hbm_bytes
 
   @property
+  def executed_xla_flops(self) -> float:
+    """XLA's FLOPs with every loop body counted as often as it runs."""
+    return self.xla_flops * self.loop_scale
+
+  @property
   def mfu(self) -> Optional[float]:
     if not self.predicted_seconds or not self.peak_flops:
       return None
@@ -128,6 +139,7 @@ class StepPlan:
   def as_dict(self) -> Dict[str, Any]:
     out = dataclasses.asdict(self)
     out.update(total_bytes=self.total_bytes, fits=self.fits, mfu=self.mfu,
+               executed_xla_flops=self.executed_xla_flops,
                tokens_per_second=self.tokens_per_second)
     return out
 
@@ -179,6 +191,7 @@ class _Analysis:
   cost: Dict[str, float]
   needed_bytes: float
   seconds: float
+  loops: Optional[hlo_loops.LoopCounts] = None
 
 
 _MEMORY_FIELDS = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
@@ -227,20 +240,22 @@ def _compile(config, model_config, mesh, abstract_state, step: str, text_length:
       memory = compiled.memory_analysis()
       _ANALYSES[key] = _Analysis(
           {f: int(getattr(memory, f, 0)) for f in _MEMORY_FIELDS} if memory is not None
-          else {}, _cost(compiled), 0.0, time.time() - start)
+          else {}, _cost(compiled), 0.0, time.time() - start,
+          hlo_loops.count(compiled.as_text()))
   return _ANALYSES[key]
 
 
-def predict_seconds(cost: Dict[str, float], peak_flops: float, hbm_bandwidth: float
-                    ) -> Tuple[Optional[float], str]:
+def predict_seconds(cost: Dict[str, float], peak_flops: float, hbm_bandwidth: float,
+                    loop_scale: float = 1.0) -> Tuple[Optional[float], str]:
   """XLA's own estimate when it gives one; else the roofline bound of its FLOPs and bytes
-  (compute at the chip's peak, memory traffic at its HBM bandwidth; collectives not counted)."""
+  (compute at the chip's peak, memory traffic at its HBM bandwidth; collectives not counted).
+  Both count each loop body once, so both are multiplied by `loop_scale` (plan/hlo_loops.py)."""
   optimal = cost.get("optimal_seconds", -1.0)
   if optimal and optimal > 0:
-    return float(optimal), "xla"
+    return float(optimal) * loop_scale, "xla"
   if cost.get("flops") and peak_flops and hbm_bandwidth:
-    return max(cost["flops"] / peak_flops, cost.get("bytes accessed", 0.0) / hbm_bandwidth), \
-        "roofline"
+    return loop_scale * max(cost["flops"] / peak_flops,
+                            cost.get("bytes accessed", 0.0) / hbm_bandwidth), "roofline"
   return None, "none"
 
 
@@ -266,7 +281,9 @@ def plan_step(config: ml_collections.ConfigDict, devices: Sequence[Any], *, topo
   analytic = flops.step_flops(model_config, rows=data.batch_size, text_length=text_length,
                               audio_slots=data.max_clips_per_row,
                               trained=parts)["total"] / len(devices)
-  predicted, prediction = predict_seconds(cost, peak_flops, hbm_bandwidth)
+  loops = analysis.loops or hlo_loops.LoopCounts(0.0, 0.0, (), 0)
+  loop_scale = loops.scale_of(float(cost.get("flops", 0.0)))
+  predicted, prediction = predict_seconds(cost, peak_flops, hbm_bandwidth, loop_scale)
   return StepPlan(
       topology=topology, num_slices=num_slices, devices=len(devices), hosts=hosts,
       mesh={k: int(v) for k, v in mesh.shape.items()}, step=step,
@@ -283,6 +300,7 @@ def plan_step(config: ml_collections.ConfigDict, devices: Sequence[Any], *, topo
       code_bytes=memory.get("generated_code_size_in_bytes", 0) if memory else 0,
       hbm_bytes=int(hbm_bytes), xla_flops=float(cost.get("flops", 0.0)),
       analytic_flops=float(analytic), bytes_accessed=float(cost.get("bytes accessed", 0.0)),
+      loop_scale=float(loop_scale), loop_trip_counts=tuple(loops.loops),
       predicted_seconds=predicted, prediction=prediction,
       peak_flops=float(peak_flops), compile_seconds=analysis.seconds)
 

@@ -1,5 +1,7 @@
 """What the planner prints: one plan, or one GPU estimate, in words a person reads."""
 
+import collections
+
 from qwen_audio_jax.plan import gpu_estimate, planner
 
 
@@ -23,13 +25,19 @@ def format_plan(p: planner.StepPlan) -> str:
       f"{'fits' if p.fits else 'DOES NOT FIT'}",
   ]
   if p.xla_flops:
-    lines.append(f"FLOPs per device and step: XLA {p.xla_flops:.4g}, analytic (training/flops.py) "
-                 f"{p.analytic_flops:.4g} (ratio {p.xla_flops / p.analytic_flops:.2f})")
+    counts = collections.Counter(p.loop_trip_counts)
+    loops = (f"; loops run {', '.join(f'{n} x {k}' for k, n in sorted(counts.items()))} times"
+             f": x {p.loop_scale:.4g}" if counts else "; no loops")
+    lines.append(f"FLOPs per device and step: XLA {p.executed_xla_flops:.4g} (each loop body "
+                 f"counted once {p.xla_flops:.4g}{loops}), analytic (training/flops.py) "
+                 f"{p.analytic_flops:.4g} (ratio {p.executed_xla_flops / p.analytic_flops:.2f})")
   else:
     lines.append(f"FLOPs per device and step: analytic {p.analytic_flops:.4g} (no XLA figure: "
                  f"the program was refused)")
   if p.predicted_seconds:
     how = {"xla": "XLA's estimate", "roofline": "roofline of XLA's FLOPs and bytes"}[p.prediction]
+    if p.loop_scale != 1.0:
+      how += f" x {p.loop_scale:.4g} for the loops"
     lines.append(f"predicted step time ({how}): {p.predicted_seconds:.3f} s -> "
                  f"{p.tokens_per_second:,.0f} tokens/s, MFU {100 * p.mfu:.1f}% at "
                  f"{p.peak_flops / 1e12:.0f} TFLOP/s peak per chip")
