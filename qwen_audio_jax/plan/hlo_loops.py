@@ -12,7 +12,10 @@ the matrix products (`dot`, and `convolution`, which TPU programs use for most p
 each instruction once, as XLA does, and each times the trip counts of the loops around it. The
 planner adds the difference to XLA's FLOPs and scales XLA's bytes and time by the same factor
 (`LoopCounts.scale_of`): memory traffic is assumed to repeat like the FLOPs. A loop whose count
-cannot be read is counted once and reported.
+cannot be read is counted once and reported. A conditional counts its costliest branch: the
+chunked loss skips chunks without targets at run time, so a plan counts every chunk (the worst
+case). Recomputation is real work and is counted: rematerialised layers, and the loss's backward
+recomputing each chunk's logits, are why a plan's FLOPs exceed the analytic model FLOPs.
 """
 
 import dataclasses
