@@ -66,3 +66,17 @@ def test_batched_products_match_xla_on_a_loop_free_program():
     return jnp.einsum("bhqd,bhkd->bhqk", q, kk)
   counts = hlo_loops.count(compiled_text(scores, q, kk))
   assert counts.executed == 2 * 2 * 4 * 50 * 60 * 16 and counts.scale == 1.0
+
+
+def test_dilated_input_windows_count_only_real_input_elements():
+  # A TPU program writes a batched matmul as a convolution whose batch dimension is a window
+  # over a dilated input (size 2, lhs_dilate 2): only one of the two taps reads an element.
+  x, k = jnp.ones((1, 40, 4)), jnp.ones((2, 4, 6))
+  def dilated(x, k):
+    return jax.lax.conv_general_dilated(x, k, (1,), ((0, 0),), lhs_dilation=(2,),
+                                        dimension_numbers=("NWC", "WIO", "NWC"))
+  counts = hlo_loops.count(compiled_text(dilated, x, k))
+  outputs = 2 * 40 - 1 - 2 + 1  # dilated length 79, kernel 2
+  taps = sum(1 for o in range(outputs) for t in range(2) if (o + t) % 2 == 0)
+  assert counts.executed == 2 * 6 * 4 * taps
+  np.testing.assert_allclose(counts.executed, xla_flops(dilated, x, k), rtol=0.02)
