@@ -104,6 +104,7 @@ class StepPlan:
   # factor its FLOPs, bytes and time are scaled by for the loops' trip counts.
   loop_scale: float
   loop_trip_counts: Tuple[int, ...]
+  unknown_loops: int  # loops whose trip count could not be read: counted once
   predicted_seconds: Optional[float]
   prediction: str  # 'xla' (XLA's optimal_seconds), 'roofline' or 'none'
   peak_flops: float
@@ -301,6 +302,7 @@ def plan_step(config: ml_collections.ConfigDict, devices: Sequence[Any], *, topo
       hbm_bytes=int(hbm_bytes), xla_flops=float(cost.get("flops", 0.0)),
       analytic_flops=float(analytic), bytes_accessed=float(cost.get("bytes accessed", 0.0)),
       loop_scale=float(loop_scale), loop_trip_counts=tuple(loops.loops),
+      unknown_loops=int(loops.unknown_loops),
       predicted_seconds=predicted, prediction=prediction,
       peak_flops=float(peak_flops), compile_seconds=analysis.seconds)
 

@@ -28,6 +28,8 @@ def format_plan(p: planner.StepPlan) -> str:
     counts = collections.Counter(p.loop_trip_counts)
     loops = (f"; loops run {', '.join(f'{n} x {k}' for k, n in sorted(counts.items()))} times"
              f": x {p.loop_scale:.4g}" if counts else "; no loops")
+    if p.unknown_loops:
+      loops += f"; {p.unknown_loops} loop(s) of unknown trip count counted once"
     lines.append(f"FLOPs per device and step: XLA {p.executed_xla_flops:.4g} (each loop body "
                  f"counted once {p.xla_flops:.4g}{loops}), analytic (training/flops.py) "
                  f"{p.analytic_flops:.4g} (ratio {p.executed_xla_flops / p.analytic_flops:.2f})")
