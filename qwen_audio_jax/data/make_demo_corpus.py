@@ -304,6 +304,15 @@ def speech_voices(split: str, count: int, rng: np.random.Generator
            int(TRAIN_PITCHES[rng.integers(len(TRAIN_PITCHES))])) for _ in range(count)]
 
 
+def aqa_row(clip_id: str, audio: str, info: Dict) -> Dict:
+  """The question row of a sound clip (`info` from make_sound, with a question)."""
+  row = {"id": f"aqa-{clip_id}", "task": "aqa", "audio": audio, "audio_language": "unknown",
+         "question": info["question"], "answer": info["answer"]}
+  if "choices" in info:
+    row["choices"] = info["choices"]
+  return row
+
+
 def build_split(split: str, sentences: Sequence[str], n_sounds: int, out_dir: str,
                 rng: np.random.Generator, speaker: Speaker) -> List[Dict]:
   rows, speech, sounds = [], [], []
@@ -331,11 +340,7 @@ def build_split(split: str, sentences: Sequence[str], n_sounds: int, out_dir: st
     rows.append({"id": f"event-{clip_id}", "task": "event", "audio": audio,
                  "audio_language": "unknown", "label": info["label"]})
     if "question" in info:
-      rows.append({"id": f"aqa-{clip_id}", "task": "aqa", "audio": audio,
-                   "audio_language": "unknown", "question": info["question"],
-                   "answer": info["answer"]})
-      if "choices" in info:
-        rows[-1]["choices"] = info["choices"]
+      rows.append(aqa_row(clip_id, audio, info))
   rows += chat_rows(speech, sounds, rng)
   return rows
 
@@ -350,11 +355,7 @@ def counting_rows(n_clips: int, out_dir: str, rng: np.random.Generator) -> List[
     kind = ("beeps", "clicks")[i % 2]
     wave, info = make_sound(kind, rng)
     clip_id = f"train-count-{i:03d}"
-    row = {"id": f"aqa-{clip_id}", "task": "aqa", "audio": write_clip(out_dir, clip_id, wave),
-           "audio_language": "unknown", "question": info["question"], "answer": info["answer"]}
-    if "choices" in info:
-      row["choices"] = info["choices"]
-    rows.append(row)
+    rows.append(aqa_row(clip_id, write_clip(out_dir, clip_id, wave), info))
   return rows
 
 

@@ -32,7 +32,6 @@ _OPERAND = re.compile(r"%([\w.\-]+)")
 _CALLS = re.compile(r"\b(calls|body|condition|to_apply)=%([\w.\-]+)")
 _BRANCHES = re.compile(r"\bbranch_computations=\{([^}]*)\}")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
-_CONSTANT = re.compile(r"^\s*(?:ROOT )?%(\S+) = s(?:32|64)\[\]\S* constant\((-?\d+)\)")
 
 
 @dataclasses.dataclass(frozen=True)
