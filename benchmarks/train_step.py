@@ -43,6 +43,7 @@ from forward import AUDIO_BOS, AUDIO_EOS, AUDIO_TOKEN, configs, model_arguments 
 
 from qwen_audio_jax.audio import buckets as audio_buckets  # noqa: E402
 from qwen_audio_jax.audio import lengths  # noqa: E402
+from qwen_audio_jax.configs import common  # noqa: E402
 from qwen_audio_jax.data.batching import bucket_for  # noqa: E402
 from qwen_audio_jax.model.params import init_params  # noqa: E402
 from qwen_audio_jax.training import optimizer as optimizer_lib  # noqa: E402
@@ -53,17 +54,18 @@ TEXT_BUCKETS = (256, 512, 1024)
 
 
 def train_config(chunk_length: int) -> ml_collections.ConfigDict:
-  """The keys the train step reads: full-model AdamW with clipping, no accumulation."""
-  return ml_collections.ConfigDict(dict(
-      stage="sft", total_steps=1000, trainable=".", frozen="",
-      optim=dict(name="adamw", learning_rate=LEARNING_RATE, schedule="constant", warmup_steps=0,
+  """The stage-2 trainer's defaults, changed to full-model AdamW with clipping, a constant
+  learning rate, no accumulation and no augmentation (built from `configs/common.py`, so every
+  key the train step reads is there)."""
+  c = common.base_config("sft")
+  c.trainable, c.frozen = ".", ""
+  c.optim.update(learning_rate=LEARNING_RATE, schedule="constant", warmup_steps=0,
                  end_learning_rate_ratio=1.0, b1=BETAS[0], b2=BETAS[1], eps=EPS,
                  weight_decay=WEIGHT_DECAY, weight_decay_exclude=r"/(bias|scale)$",
-                 grad_clip_norm=CLIP, grad_accum_steps=1),
-      lora=dict(rank=0, alpha=16.0, target=""),
-      loss=dict(z_loss_weight=0.0, chunk_length=chunk_length),
-      specaugment=dict(enabled=False),
-      data=dict(mixture=[("chat", 1.0)])))
+                 grad_clip_norm=CLIP, grad_accum_steps=1, encoder_layer_decay=1.0)
+  c.loss.update(z_loss_weight=0.0, chunk_length=chunk_length, output_vocab="full")
+  c.specaugment.enabled = False
+  return c
 
 
 def clip_lengths(kind: str, count: int, rng) -> np.ndarray:
