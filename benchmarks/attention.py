@@ -1,6 +1,6 @@
 """Attention implementations against each other: forward + backward time of one attention call.
 
-    python benchmarks/attention.py [--shape encoder|llm] [--iters 5] [--blocks 128,256,512]
+    python benchmarks/attention.py [--shape encoder|llm] [--iters 5] [--blocks 64x128,128x128]
 
 'encoder': 4 clips x 8 heads x 1,500 frames x 64 (a 30 s clip at Whisper-base width), key
 padding (the clips' valid frames 1500, 1000, 500, 250); 'llm': 4 rows x 8 heads (2 KV heads)
@@ -47,7 +47,8 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--shape", choices=("encoder", "llm"), default="encoder")
   parser.add_argument("--iters", type=int, default=5)
-  parser.add_argument("--blocks", default="128,256,512", help="flash key-block sizes")
+  parser.add_argument("--blocks", default="64x128,128x128,128x256",
+                      help="flash tile sizes, queries x keys, comma-separated")
   args = parser.parse_args(argv)
   (q, k, v), mask = inputs(args.shape)
   probe = jnp.cos(jnp.arange(q.shape[-1], dtype=jnp.float32))
@@ -58,11 +59,15 @@ def main(argv=None) -> int:
 
   impls = {name: fwd_bwd(functools.partial(attention.attend, mask=mask, impl=name))
            for name in ("xla", "plain")}
-  for block in (int(b) for b in args.blocks.split(",")):
-    impls[f"flash/{block}"] = fwd_bwd(functools.partial(
+  for tile in args.blocks.split(","):
+    try:
+      block_q, block_k = (int(n) for n in tile.split("x"))
+    except ValueError:
+      parser.error(f"--blocks: expected tile sizes like 64x128 (queries x keys), got {tile!r}")
+    impls[f"flash/{block_q}x{block_k}"] = fwd_bwd(functools.partial(
         flash_attention, q_segments=mask.q_segments, kv_segments=mask.kv_segments,
         q_index=mask.q_index, kv_index=mask.kv_index, causal=mask.causal,
-        scale=q.shape[-1] ** -0.5, block_k=block))
+        scale=q.shape[-1] ** -0.5, block_q=block_q, block_k=block_k))
   results = {name: jax.block_until_ready(fn(q, k, v)) for name, fn in impls.items()}  # compile
   times = {name: [] for name in impls}
   for _ in range(args.iters):

@@ -31,9 +31,10 @@ def _masks(length):
   return {"causal_segments": causal, "key_padding": attention.key_padding_mask(valid, length)}
 
 
-@pytest.mark.parametrize("mask_name,heads,kv_heads,block", [
-    ("causal_segments", 4, 2, 8), ("causal_segments", 2, 1, 64), ("key_padding", 4, 4, 16)])
-def test_flash_matches_plain_values_and_gradients(mask_name, heads, kv_heads, block):
+@pytest.mark.parametrize("mask_name,heads,kv_heads,block_q,block", [
+    ("causal_segments", 4, 2, 8, 8), ("causal_segments", 2, 1, 16, 64),
+    ("causal_segments", 2, 2, 64, 16), ("key_padding", 4, 4, 8, 16)])
+def test_flash_matches_plain_values_and_gradients(mask_name, heads, kv_heads, block_q, block):
   length = 37  # no block size here divides it
   q, k, v = _qkv(3, length, heads, kv_heads)
   mask = _masks(length)[mask_name]
@@ -45,7 +46,7 @@ def test_flash_matches_plain_values_and_gradients(mask_name, heads, kv_heads, bl
   def flash(q, k, v):
     return flash_attention(q, k, v, mask.q_segments, mask.kv_segments, mask.q_index,
                            mask.kv_index, causal=mask.causal, scale=q.shape[-1] ** -0.5,
-                           block_k=block)
+                           block_q=block_q, block_k=block)
 
   np.testing.assert_allclose(flash(q, k, v), plain(q, k, v), rtol=1e-5, atol=1e-5)
   loss = lambda f: lambda *a: jnp.sum(f(*a) * probe)  # noqa: E731
@@ -55,6 +56,24 @@ def test_flash_matches_plain_values_and_gradients(mask_name, heads, kv_heads, bl
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
   if mask_name == "causal_segments":  # the all-padding row: zeros, and no gradient through it
     assert not np.asarray(flash(q, k, v)[2]).any() and not np.asarray(got[0][2]).any()
+
+
+def test_only_tile_pairs_that_may_attend_are_live():
+  """The skipped tile pairs: a causal row's upper triangle, padding, other packed sequences."""
+  from qwen_audio_jax.model.flash_attention import _live_tiles, _tiles
+  index = jnp.arange(32)[None]
+  tiles = lambda x: _tiles(x, 8, axis=1)  # noqa: E731  4 tiles of 8
+  one_sequence = jnp.ones((1, 32), jnp.int32)
+  live = _live_tiles(*(tiles(x) for x in (one_sequence, one_sequence, index, index)), True)
+  np.testing.assert_array_equal(live, np.tril(np.ones((4, 4), bool)))
+  packed = jnp.asarray([[1] * 16 + [2] * 8 + [0] * 8], jnp.int32)  # two sequences, then padding
+  live = _live_tiles(*(tiles(x) for x in (packed, packed, index, index)), True)
+  np.testing.assert_array_equal(live, [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 0]])
+  # Key padding (bidirectional): every query tile, the key tiles that hold a valid key.
+  valid = (jnp.arange(32)[None] < 12).astype(jnp.int32)
+  queries = jnp.ones((1, 32), jnp.int32)
+  live = _live_tiles(tiles(queries), tiles(valid), tiles(index * 0), tiles(index * 0), False)
+  np.testing.assert_array_equal(live, np.tile([[1, 1, 0, 0]], (4, 1)).astype(bool))
 
 
 def test_flash_needs_segment_ids():

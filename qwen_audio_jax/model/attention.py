@@ -79,7 +79,15 @@ def resolve_impl(impl: str, dtype=jnp.float32) -> str:
 
 def attend(query, key, value, mask: Union[MaskInfo, jax.Array], *, impl: str = "xla",
            scale=None):
-  """Attention output [B, T, H, D]; `scale` defaults to 1 / sqrt(D)."""
+  """Attention output [B, T, H, D]; `scale` defaults to 1 / sqrt(D).
+
+  Its operations carry the name scope 'attention' (profiles and HLO dumps tell them apart:
+  benchmarks/profile_step.py)."""
+  with jax.named_scope("attention"):
+    return _attend(query, key, value, mask, impl=impl, scale=scale)
+
+
+def _attend(query, key, value, mask, *, impl, scale):
   batch, q_len, heads, head_dim = query.shape
   kv_heads = key.shape[2]
   if heads % kv_heads:

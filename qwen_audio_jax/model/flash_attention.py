@@ -4,16 +4,22 @@ The plain and XLA paths form the [B, H, T, S] logits and probabilities (and keep
 backward pass): at the encoder's 1,500 frames that is 72 MB per layer for 4 clips x 8 heads, and
 XLA:CPU spends most of the attention time moving them. Here the keys are visited `block_k` at a
 time; each query keeps a running max, normaliser and weighted sum (the online softmax), so only
-one [B, H, T, block_k] block of logits exists at once, and memory is O(T) for a fixed block. The
-backward pass (`jax.custom_vjp`) saves only the output and each query's log-sum-exp and
-recomputes the probabilities block by block, as in FlashAttention's backward: dV = P^T dO,
+one block of logits exists at once, and memory is O(T) for a fixed block. The backward pass
+(`jax.custom_vjp`) saves only the output and each query's log-sum-exp and recomputes the
+probabilities tile by tile, as in FlashAttention-2's backward (Dao 2023): dV = P^T dO,
 dP = dO V^T, dS = P * (dP - rowsum(dO * O)), dQ = dS K, dK = dS^T Q.
 
-The mask is never materialised either: it is rebuilt per block from segment ids and indices
+Causal attention is also cut into query tiles, and a tile pair whose queries may attend none of
+its keys is skipped (`_live_tiles`): the upper triangle of each row, padding and other packed
+sequences, about half the work of a causal row. Bidirectional attention (the encoder's key
+padding) keeps all queries in one tile: there, per-pair branches and query tiles cost more on
+CPU than the rare all-padding key tile saves.
+
+The mask is never materialised either: it is rebuilt per tile from segment ids and indices
 (`attention.MaskInfo`): key padding for the encoder (key segment 0), causal + same segment for
 the packed LLM rows. Queries that may attend to no key get zeros, as in `attention.attend`.
-Works on every platform (it is only einsums, exp and a scan); cuDNN's fused kernel stays the
-faster choice on GPUs.
+Works on every platform (it is only einsums, exp, scans and conds); cuDNN's fused kernel stays
+the faster choice on GPUs.
 """
 
 import functools
@@ -24,120 +30,215 @@ import jax.numpy as jnp
 _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-def _block_mask(q_seg, kv_seg, q_idx, kv_idx, causal: bool):
-  """[B, 1, 1, T, bk] bool mask of one key block (broadcast over KV heads and groups)."""
+def _tile_mask(q_seg, kv_seg, q_idx, kv_idx, causal: bool):
+  """[B, 1, 1, bq, bk] bool mask of one (query tile, key tile) pair (broadcast over KV heads and
+  groups)."""
   mask = (q_seg[:, :, None] == kv_seg[:, None, :]) & (q_seg[:, :, None] != 0)
   if causal:
     mask &= kv_idx[:, None, :] <= q_idx[:, :, None]
   return mask[:, None, None]
 
 
-def _split_keys(x, block_k: int, fill=0):
-  """[B, S, ...] -> [S / block_k, B, block_k, ...] (S padded up to a multiple of block_k)."""
-  batch, length = x.shape[:2]
-  blocks = -(-length // block_k)
-  pad = blocks * block_k - length
-  x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
-  return jnp.swapaxes(x.reshape((batch, blocks, block_k) + x.shape[2:]), 0, 1)
+def _tiles(x, block: int, axis: int, fill=0):
+  """x with `axis` cut into tiles of `block` (padded with `fill`), the tile index moved first:
+  [..., L, ...] -> [L / block, ..., block, ...]."""
+  length = x.shape[axis]
+  count = -(-length // block)
+  pad = [(0, 0)] * x.ndim
+  pad[axis] = (0, count * block - length)
+  x = jnp.pad(x, pad, constant_values=fill)
+  x = x.reshape(x.shape[:axis] + (count, block) + x.shape[axis + 1:])
+  return jnp.moveaxis(x, axis, 0)
 
 
-def _kv_blocks(key, value, kv_seg, kv_idx, block_k):
-  """Per block: keys / values [B, K, bk, D], key segments and indices [B, bk]."""
-  to_heads_first = lambda x: jnp.swapaxes(_split_keys(x, block_k), 2, 3)  # noqa: E731
-  return (to_heads_first(key), to_heads_first(value), _split_keys(kv_seg, block_k),
-          _split_keys(kv_idx, block_k))
+def _untile(x, axis: int, length: int):
+  """Inverse of `_tiles` (the tile index first, the tile at `axis` of the rest), cut to length."""
+  x = jnp.moveaxis(x, 0, axis)
+  x = x.reshape(x.shape[:axis] + (-1,) + x.shape[axis + 2:])
+  return jax.lax.slice_in_dim(x, 0, length, axis=axis)
 
 
-def _forward(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, scale, block_k):
+def _live_tiles(q_seg, kv_seg, q_idx, kv_idx, causal):
+  """[n_q, n_k] bool: may any query of tile i attend any key of tile j (in some row)?
+
+  Tiles: [n, B, block]. Conservative (a tile pair marked live may still be fully masked; the
+  per-element mask stays exact), from per-row summaries: both tiles hold a non-padding token,
+  their segment-id ranges overlap (packed segments are increasing along a row) and, when causal,
+  the tile's first key index is not after its last query index. Everything else is skipped:
+  the upper triangle of a causal row, padding, other packed sequences.
+  """
+  big = jnp.iinfo(jnp.int32).max
+  q_real, kv_real = q_seg != 0, kv_seg != 0
+  q_any, kv_any = q_real.any(-1), kv_real.any(-1)  # [n, B]
+  lo = lambda x, real: jnp.where(real, x, big).min(-1)  # noqa: E731
+  hi = lambda x, real: jnp.where(real, x, -big).max(-1)  # noqa: E731
+  live = q_any[:, None] & kv_any[None, :]  # [n_q, n_k, B]
+  live &= lo(q_seg, q_real)[:, None] <= hi(kv_seg, kv_real)[None, :]
+  live &= lo(kv_seg, kv_real)[None, :] <= hi(q_seg, q_real)[:, None]
+  if causal:
+    live &= lo(kv_idx, kv_real)[None, :] <= hi(q_idx, q_real)[:, None]
+  return live.any(-1)
+
+
+def _layout(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, block_q, block_k):
+  """Tiles: queries [n_q, B, K, G, bq, D], keys / values [n_k, B, K, bk, D], their segment ids
+  and indices [n, B, block], and the live-pair table [n_q, n_k]."""
+  q_t = _tiles(q, block_q, axis=3)
+  k_t = _tiles(jnp.swapaxes(key, 1, 2), block_k, axis=2)  # [B, K, S, D] -> tiles
+  v_t = _tiles(jnp.swapaxes(value, 1, 2), block_k, axis=2)
+  q_seg_t, q_idx_t = _tiles(q_seg, block_q, axis=1), _tiles(q_idx, block_q, axis=1)
+  kv_seg_t, kv_idx_t = _tiles(kv_seg, block_k, axis=1), _tiles(kv_idx, block_k, axis=1)
+  live = _live_tiles(q_seg_t, kv_seg_t, q_idx_t, kv_idx_t, causal)
+  return q_t, k_t, v_t, q_seg_t, q_idx_t, kv_seg_t, kv_idx_t, live
+
+
+def _forward(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, scale, block_q, block_k):
   """q: [B, K, G, T, D]; returns (out [B, K, G, T, D] float32, lse [B, K, G, T] float32)."""
-  batch, kv_heads, groups, q_len, head_dim = q.shape
-  blocks = _kv_blocks(key, value, kv_seg, kv_idx, block_k)
+  q_len = q.shape[3]
+  q_t, k_t, v_t, q_seg_t, q_idx_t, kv_seg_t, kv_idx_t, live = _layout(
+      q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, block_q, block_k)
 
-  def step(carry, block):
-    running_max, norm, acc = carry
-    k, v, seg, idx = block
-    logits = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
-    mask = _block_mask(q_seg, seg, q_idx, idx, causal)
-    logits = jnp.where(mask, logits, _NEG)
-    new_max = jnp.maximum(running_max, jnp.max(logits, axis=-1))
-    probs = jnp.where(mask, jnp.exp(logits - new_max[..., None]), 0.0)
-    correction = jnp.exp(running_max - new_max)
-    norm = norm * correction + jnp.sum(probs, axis=-1)
-    acc = acc * correction[..., None] + jnp.einsum(
-        "bkgts,bksd->bkgtd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
-    return (new_max, norm, acc), None
+  def query_tile(_, tile):
+    q_i, seg_i, idx_i, live_i = tile
 
-  stats = (batch, kv_heads, groups, q_len)
-  init = (jnp.full(stats, _NEG, jnp.float32), jnp.zeros(stats, jnp.float32),
-          jnp.zeros(stats + (head_dim,), jnp.float32))
-  (running_max, norm, acc), _ = jax.lax.scan(step, init, blocks)
-  attended = norm > 0
-  out = jnp.where(attended[..., None], acc / jnp.where(attended, norm, 1.0)[..., None], 0.0)
-  # Rows without keys: an lse of +inf-like makes every recomputed probability 0 in the backward.
-  lse = jnp.where(attended, running_max + jnp.log(jnp.where(attended, norm, 1.0)), -_NEG)
-  return out, lse
+    def key_tile(carry, block):
+      k, v, seg, idx, is_live = block
+
+      def update(carry):
+        running_max, norm, acc = carry
+        logits = jnp.einsum("bkgtd,bksd->bkgts", q_i, k,
+                            preferred_element_type=jnp.float32) * scale
+        mask = _tile_mask(seg_i, seg, idx_i, idx, causal)
+        logits = jnp.where(mask, logits, _NEG)
+        new_max = jnp.maximum(running_max, jnp.max(logits, axis=-1))
+        probs = jnp.where(mask, jnp.exp(logits - new_max[..., None]), 0.0)
+        correction = jnp.exp(running_max - new_max)
+        norm = norm * correction + jnp.sum(probs, axis=-1)
+        acc = acc * correction[..., None] + jnp.einsum(
+            "bkgts,bksd->bkgtd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        return new_max, norm, acc
+
+      if not causal:  # every pair is computed (see `flash_attention`): no branch
+        return update(carry), None
+      return jax.lax.cond(is_live, update, lambda c: c, carry), None
+
+    stats = q_i.shape[:-1]
+    init = (jnp.full(stats, _NEG, jnp.float32), jnp.zeros(stats, jnp.float32),
+            jnp.zeros(q_i.shape, jnp.float32))
+    (running_max, norm, acc), _ = jax.lax.scan(
+        key_tile, init, (k_t, v_t, kv_seg_t, kv_idx_t, live_i))
+    attended = norm > 0
+    out = jnp.where(attended[..., None], acc / jnp.where(attended, norm, 1.0)[..., None], 0.0)
+    # Rows without keys: an lse of +inf-like makes every recomputed probability 0 in the
+    # backward.
+    lse = jnp.where(attended, running_max + jnp.log(jnp.where(attended, norm, 1.0)), -_NEG)
+    return None, (out, lse)
+
+  _, (out_t, lse_t) = jax.lax.scan(query_tile, None, (q_t, q_seg_t, q_idx_t, live))
+  return _untile(out_t, 3, q_len), _untile(lse_t, 3, q_len)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
-def _attention(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, scale, block_k):
-  return _forward(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, scale, block_k)[0].astype(
-      q.dtype)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
+def _attention(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, scale, block_q, block_k):
+  return _forward(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, scale, block_q,
+                  block_k)[0].astype(q.dtype)
 
 
-def _attention_fwd(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, scale, block_k):
-  out, lse = _forward(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, scale, block_k)
+def _attention_fwd(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, scale, block_q,
+                   block_k):
+  out, lse = _forward(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, scale, block_q,
+                      block_k)
   out = out.astype(q.dtype)
   return out, (q, key, value, q_seg, kv_seg, q_idx, kv_idx, out, lse)
 
 
-def _attention_bwd(causal, scale, block_k, residuals, d_out):
+def _attention_bwd(causal, scale, block_q, block_k, residuals, d_out):
+  """FlashAttention-2's backward: key tiles outside, query tiles inside; dK and dV of a key
+  tile accumulate in the inner loop's carry, dQ in a [n_q, ...] buffer updated a tile at a
+  time. Only live tile pairs are computed."""
   q, key, value, q_seg, kv_seg, q_idx, kv_idx, out, lse = residuals
-  kv_len = key.shape[1]
+  q_len, kv_len = q.shape[3], key.shape[1]
   d_out32 = d_out.astype(jnp.float32)
   delta = jnp.sum(d_out32 * out.astype(jnp.float32), axis=-1)  # rowsum(dO * O): [B, K, G, T]
-  blocks = _kv_blocks(key, value, kv_seg, kv_idx, block_k)
+  q_t, k_t, v_t, q_seg_t, q_idx_t, kv_seg_t, kv_idx_t, live = _layout(
+      q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, block_q, block_k)
+  d_out_t = _tiles(d_out32, block_q, axis=3)
+  lse_t, delta_t = _tiles(lse, block_q, axis=3), _tiles(delta, block_q, axis=3)
+  n_q = q_t.shape[0]
 
-  def step(d_q, block):
-    k, v, seg, idx = block
-    logits = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
-    mask = _block_mask(q_seg, seg, q_idx, idx, causal)
-    probs = jnp.where(mask, jnp.exp(logits - lse[..., None]), 0.0)
-    d_v = jnp.einsum("bkgts,bkgtd->bksd", probs, d_out32)
-    d_probs = jnp.einsum("bkgtd,bksd->bkgts", d_out32, v.astype(jnp.float32))
-    d_logits = probs * (d_probs - delta[..., None]) * scale
-    d_q = d_q + jnp.einsum("bkgts,bksd->bkgtd", d_logits, k.astype(jnp.float32))
-    d_k = jnp.einsum("bkgts,bkgtd->bksd", d_logits, q.astype(jnp.float32))
+  def key_tile(d_q, block):
+    k, v, seg, idx, live_j = block
+    k32, v32 = k.astype(jnp.float32), v.astype(jnp.float32)
+
+    def query_tile(i, carry):
+      d_q, d_k, d_v = carry
+
+      def grads(_):
+        q_i = q_t[i].astype(jnp.float32)
+        logits = jnp.einsum("bkgtd,bksd->bkgts", q_i, k32) * scale
+        mask = _tile_mask(q_seg_t[i], seg, q_idx_t[i], idx, causal)
+        probs = jnp.where(mask, jnp.exp(logits - lse_t[i][..., None]), 0.0)
+        d_v = jnp.einsum("bkgts,bkgtd->bksd", probs, d_out_t[i])
+        d_probs = jnp.einsum("bkgtd,bksd->bkgts", d_out_t[i], v32)
+        d_logits = probs * (d_probs - delta_t[i][..., None]) * scale
+        return (jnp.einsum("bkgts,bksd->bkgtd", d_logits, k32),
+                jnp.einsum("bkgts,bkgtd->bksd", d_logits, q_i), d_v)
+
+      def nothing(_):
+        return (jnp.zeros(q_t.shape[1:], jnp.float32), jnp.zeros(d_k.shape, jnp.float32),
+                jnp.zeros(d_v.shape, jnp.float32))
+
+      if causal:
+        dq_i, dk_i, dv_i = jax.lax.cond(live_j[i], grads, nothing, None)
+      else:
+        dq_i, dk_i, dv_i = grads(None)
+      return d_q.at[i].add(dq_i), d_k + dk_i, d_v + dv_i
+
+    zeros = jnp.zeros(k.shape, jnp.float32)
+    if n_q == 1:
+      d_q, d_k, d_v = query_tile(0, (d_q, zeros, zeros))
+    else:
+      d_q, d_k, d_v = jax.lax.fori_loop(0, n_q, query_tile, (d_q, zeros, zeros))
     return d_q, (d_k, d_v)
 
-  d_q, (d_k, d_v) = jax.lax.scan(step, jnp.zeros(q.shape, jnp.float32), blocks)
-
-  def merge(x):  # [blocks, B, K, bk, D] -> [B, S, K, D]
-    x = jnp.moveaxis(x, 0, 1)  # [B, blocks, K, bk, D]
-    x = jnp.swapaxes(x, 2, 3).reshape((x.shape[0], -1) + (x.shape[2], x.shape[4]))
-    return x[:, :kv_len]
-
+  d_q, (d_k, d_v) = jax.lax.scan(key_tile, jnp.zeros(q_t.shape, jnp.float32),
+                                 (k_t, v_t, kv_seg_t, kv_idx_t, live.T))
+  d_q = _untile(d_q, 3, q_len)
+  merge = lambda x: jnp.swapaxes(_untile(x, 2, kv_len), 1, 2)  # noqa: E731  [B, S, K, D]
   return (d_q.astype(q.dtype), merge(d_k).astype(key.dtype), merge(d_v).astype(value.dtype),
           None, None, None, None)
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
+# Measured on CPU (benchmarks/attention.py, 2 cores): the causal LLM shape [4, 1024, 8 (2 KV),
+# 64] is fastest at 256 x 128 tiles; the encoder's bidirectional shape is fastest with all
+# queries in one tile and every key block computed (a cond per tile pair and query tiling cost
+# more there than they save: only key tiles padded in every clip could be skipped).
+DEFAULT_BLOCK_Q = 256
 DEFAULT_BLOCK_K = 128
 
 
 def flash_attention(query, key, value, q_segments, kv_segments, q_index, kv_index, *,
-                    causal: bool, scale: float, block_k: int = DEFAULT_BLOCK_K):
+                    causal: bool, scale: float, block_q: int = DEFAULT_BLOCK_Q,
+                    block_k: int = DEFAULT_BLOCK_K):
   """Attention output [B, T, H, D] for queries [B, T, H, D], keys / values [B, S, K, D].
 
   A query attends a key when their segment ids ([B, T] / [B, S]) are equal and non-zero and,
   with `causal`, the key's index ([B, S]) is at most the query's ([B, T]).
+
+  Causal attention is tiled over queries (`block_q`) and keys (`block_k`), and only the tile
+  pairs that may attend are computed (`_live_tiles`): about half of them for one sequence per
+  row, fewer for packed rows and padding. Bidirectional attention keeps all queries in one tile
+  and visits every key block.
   """
   batch, q_len, heads, head_dim = query.shape
   kv_heads = key.shape[2]
   groups = heads // kv_heads
+  block_q = max(1, min(block_q, q_len)) if causal else q_len
   block_k = max(1, min(block_k, key.shape[1]))
   q = jnp.transpose(query.reshape(batch, q_len, kv_heads, groups, head_dim), (0, 2, 3, 1, 4))
   as_int = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
   out = _attention(q, key, value, as_int(q_segments), as_int(kv_segments), as_int(q_index),
-                   as_int(kv_index), bool(causal), float(scale), int(block_k))
+                   as_int(kv_index), bool(causal), float(scale), int(block_q), int(block_k))
   return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(batch, q_len, heads, head_dim)

@@ -151,12 +151,13 @@ def _loss_sums(model, params, batch, mel, *, train: bool, num_tasks: int, chunk_
   out = model.apply({"params": params}, batch["input_ids"], positions=batch["positions"],
                     segment_ids=batch["segment_ids"], train=train,
                     return_hidden=chunk_length > 0, **audio)
-  if chunk_length > 0:
-    head = output_head(params["llm"], model.config)
-    if vocab is not None:
-      head = output_vocab_lib.kept_columns(head, vocab)
-    return loss_lib.chunked_loss_sums(out, head, batch, num_tasks, chunk_length, vocab)
-  return loss_lib.loss_sums(out, batch, num_tasks)
+  with jax.named_scope("loss"):  # the name profiles and HLO dumps show
+    if chunk_length > 0:
+      head = output_head(params["llm"], model.config)
+      if vocab is not None:
+        head = output_vocab_lib.kept_columns(head, vocab)
+      return loss_lib.chunked_loss_sums(out, head, batch, num_tasks, chunk_length, vocab)
+    return loss_lib.loss_sums(out, batch, num_tasks)
 
 
 def _micro_batches(batch: Dict[str, jax.Array], k: int) -> Dict[str, jax.Array]:
@@ -235,12 +236,13 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
     z_loss = sums["z_loss_sum"] / tokens
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(z_loss)
-    updates, new_opt_state = optimizer.tx.update(grads, state.opt_state, trained)
-    new_trained = optax.apply_updates(trained, updates)
-    update_finite = finite_lib.all_finite((new_trained, new_opt_state))
-    applied = finite & update_finite
-    new_trained = _where(applied, new_trained, trained)
-    new_opt_state = _where(applied, new_opt_state, state.opt_state)
+    with jax.named_scope("optimizer"):
+      updates, new_opt_state = optimizer.tx.update(grads, state.opt_state, trained)
+      new_trained = optax.apply_updates(trained, updates)
+      update_finite = finite_lib.all_finite((new_trained, new_opt_state))
+      applied = finite & update_finite
+      new_trained = _where(applied, new_trained, trained)
+      new_opt_state = _where(applied, new_opt_state, state.opt_state)
     if use_lora:
       params, factors = state.params, new_trained
     else:
