@@ -36,3 +36,34 @@ def test_train_step_benchmark_builds_the_trainers_step():
                                       state, batch)
   assert jax.tree.map(lambda x: x.shape, new_state.params) == jax.tree.map(np.shape, params)
   assert metrics["loss"].shape == ()
+
+
+def test_profile_step_reads_a_trace_back_into_parts(tmp_path):
+  """A traced program whose products sit in known name scopes: the reader finds their thunks,
+  maps them to op_names, and names the parts (forward and backward)."""
+  import jax.numpy as jnp
+  import profile_step
+
+  def model(w, x):
+    with jax.named_scope("audio_encoder"):
+      h = jnp.tanh(x @ w)
+      with jax.named_scope("attention"):
+        h = jax.nn.softmax(h @ h.T) @ h
+    with jax.named_scope("loss"):
+      return jnp.sum(h * h)
+
+  step = jax.jit(jax.value_and_grad(model))
+  w, x = jnp.ones((256, 256)) / 256, jnp.ones((512, 256))
+  compiled = step.lower(w, x).compile()
+  names = profile_step.op_names(compiled.as_text())
+  jax.block_until_ready(compiled(w, x))
+  with jax.profiler.trace(str(tmp_path)):
+    for _ in range(2):
+      jax.block_until_ready(compiled(w, x))
+  times = profile_step.thunk_times(str(tmp_path), steps=2)
+  assert times and all(ms >= 0 for ms in times.values())
+  parts = {profile_step.part_of(names.get(thunk, "")) for thunk in times}
+  assert {"encoder attention, forward", "encoder attention, backward",
+          "encoder, forward"} <= parts, parts
+  kinds = {profile_step.kind_of(thunk, names.get(thunk, "")) for thunk in times}
+  assert "matmul" in kinds, kinds
