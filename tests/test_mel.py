@@ -148,3 +148,17 @@ def test_skipping_padding_frames_changes_nothing(num_samples, monkeypatch):
   fast = mel.log_mel_spectrogram(wave)
   monkeypatch.setattr(mel, "frames_touching_audio", lambda n: lengths.N_FRAMES)
   np.testing.assert_allclose(fast, mel.log_mel_spectrogram(wave), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("samples", [1, 150, 201, 399, 16_000, 479_599, 479_601, 480_000,
+                                     500_000])
+def test_frames_source_is_the_padded_windows_prefix(samples):
+  """The host STFT reads only the prefix of the reflect-padded 30 s window that its frames
+  touch; that prefix equals the whole padded window's, from tiny clips (the left reflection
+  reaching into the zeros) to clips at the window's right edge and past 30 s."""
+  clip = np.random.default_rng(samples).normal(size=samples).astype(np.float32)
+  full = np.pad(pad_or_trim(clip).astype(np.float64), mel.N_FFT // 2, mode="reflect")
+  for frames in {1, 2, mel.frames_touching_audio(min(samples, mel.N_SAMPLES)), mel.N_FRAMES}:
+    source = mel._frames_source(clip, frames)  # pylint: disable=protected-access
+    needed = (frames - 1) * mel.HOP_LENGTH + mel.N_FFT
+    np.testing.assert_array_equal(source, full[:needed], err_msg=f"{frames} frames")
