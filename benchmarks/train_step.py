@@ -20,7 +20,9 @@ distribution: gamma-distributed, mean ~12.4 s, most between 2 and 20 s, cut to 1
 one warm-up pass (compilation is not counted) each round runs every batch once on each side,
 ours and transformers alternating batch by batch, so load on a shared machine hits both alike.
 Prints the median per-step time of each side over all rounds and batches, steps/s, the ratio
-transformers / ours (> 1: we are faster) and the load average.
+transformers / ours (> 1: we are faster), the load average, and how many cores each side kept
+busy (process CPU time over wall time: a side that does more work on as many cores, or the same
+work on fewer, tells itself apart here).
 
     python benchmarks/train_step.py --lengths librispeech      # a few minutes
     python benchmarks/train_step.py --small                     # 1 + 1 layers, width 128: smoke
@@ -182,13 +184,16 @@ def main():
     ours_step(i)
     reference_step(i)
   ours_times, ref_times = [], []
+  busy = {"ours": [], "transformers": []}  # process CPU seconds per wall second of a step
   loads = [os.getloadavg()[0]]
   for _ in range(args.iters):
     for i in range(len(batches)):
-      for fn, times in ((ours_step, ours_times), (reference_step, ref_times)):
-        start = time.perf_counter()
+      for name, fn, times in (("ours", ours_step, ours_times),
+                              ("transformers", reference_step, ref_times)):
+        cpu, start = time.process_time(), time.perf_counter()
         fn(i)
         times.append(time.perf_counter() - start)
+        busy[name].append((time.process_time() - cpu) / times[-1])
     loads.append(os.getloadavg()[0])
   ours, theirs = statistics.median(ours_times), statistics.median(ref_times)
 
@@ -204,6 +209,9 @@ def main():
   print(f"train step  ours {1000 * ours:9.1f} ms ({1 / ours:6.3f} steps/s)   "
         f"transformers {1000 * theirs:9.1f} ms ({1 / theirs:6.3f} steps/s)   "
         f"ratio {theirs / ours:5.2f}x")
+  print(f"cores busy (process CPU time / wall time, median)  ours "
+        f"{statistics.median(busy['ours']):.2f}   transformers "
+        f"{statistics.median(busy['transformers']):.2f}")
 
 
 if __name__ == "__main__":
