@@ -163,6 +163,9 @@ def _attention_bwd(causal, scale, block_q, block_k, residuals, d_out):
   q_t, k_t, v_t, q_seg_t, q_idx_t, kv_seg_t, kv_idx_t, live = _layout(
       q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, block_q, block_k)
   d_out_t = _tiles(d_out32, block_q, axis=3)
+  # [n_q, B, K, G, bq, D] -> [n_q, B, K, D, G, bq]: the query tiles' transposes, for dK and dV.
+  q_tt = jnp.transpose(q_t.astype(jnp.float32), (0, 1, 2, 5, 3, 4))
+  d_out_tt = jnp.transpose(d_out_t, (0, 1, 2, 5, 3, 4))
   lse_t, delta_t = _tiles(lse, block_q, axis=3), _tiles(delta, block_q, axis=3)
   n_q = q_t.shape[0]
 
@@ -178,11 +181,14 @@ def _attention_bwd(causal, scale, block_q, block_k, residuals, d_out):
         logits = jnp.einsum("bkgtd,bksd->bkgts", q_i, k32) * scale
         mask = _tile_mask(q_seg_t[i], seg, q_idx_t[i], idx, causal)
         probs = jnp.where(mask, jnp.exp(logits - lse_t[i][..., None]), 0.0)
-        d_v = jnp.einsum("bkgts,bkgtd->bksd", probs, d_out_t[i])
+        # dV^T = dO^T P and dK^T = Q^T dS: P and dS are read as they are made ([queries, keys],
+        # the contraction over queries their major axis); the transposed operands are the
+        # small per-query-tile dO^T and Q^T, made once before the loops.
+        d_v = jnp.einsum("bkdgt,bkgts->bkds", d_out_tt[i], probs)
         d_probs = jnp.einsum("bkgtd,bksd->bkgts", d_out_t[i], v32)
         d_logits = probs * (d_probs - delta_t[i][..., None]) * scale
         return (jnp.einsum("bkgts,bksd->bkgtd", d_logits, k32),
-                jnp.einsum("bkgts,bkgtd->bksd", d_logits, q_i), d_v)
+                jnp.einsum("bkdgt,bkgts->bkds", q_tt[i], d_logits), d_v)
 
       def nothing(_):
         return (jnp.zeros(q_t.shape[1:], jnp.float32), jnp.zeros(d_k.shape, jnp.float32),
@@ -194,7 +200,7 @@ def _attention_bwd(causal, scale, block_q, block_k, residuals, d_out):
         dq_i, dk_i, dv_i = grads(None)
       return d_q.at[i].add(dq_i), d_k + dk_i, d_v + dv_i
 
-    zeros = jnp.zeros(k.shape, jnp.float32)
+    zeros = jnp.zeros(jnp.swapaxes(k, -1, -2).shape, jnp.float32)  # dK^T, dV^T: [B, K, D, bk]
     if n_q == 1:
       d_q, d_k, d_v = query_tile(0, (d_q, zeros, zeros))
     else:
@@ -204,7 +210,8 @@ def _attention_bwd(causal, scale, block_q, block_k, residuals, d_out):
   d_q, (d_k, d_v) = jax.lax.scan(key_tile, jnp.zeros(q_t.shape, jnp.float32),
                                  (k_t, v_t, kv_seg_t, kv_idx_t, live.T))
   d_q = _untile(d_q, 3, q_len)
-  merge = lambda x: jnp.swapaxes(_untile(x, 2, kv_len), 1, 2)  # noqa: E731  [B, S, K, D]
+  # [n_k, B, K, D, bk] -> [B, S, K, D]
+  merge = lambda x: jnp.swapaxes(_untile(jnp.swapaxes(x, -1, -2), 2, kv_len), 1, 2)  # noqa: E731
   return (d_q.astype(q.dtype), merge(d_k).astype(key.dtype), merge(d_v).astype(value.dtype),
           None, None, None, None)
 
