@@ -88,7 +88,10 @@ def _layout(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, block_q, block_
   v_t = _tiles(jnp.swapaxes(value, 1, 2), block_k, axis=2)
   q_seg_t, q_idx_t = _tiles(q_seg, block_q, axis=1), _tiles(q_idx, block_q, axis=1)
   kv_seg_t, kv_idx_t = _tiles(kv_seg, block_k, axis=1), _tiles(kv_idx, block_k, axis=1)
-  live = _live_tiles(q_seg_t, kv_seg_t, q_idx_t, kv_idx_t, causal)
+  if causal:
+    live = _live_tiles(q_seg_t, kv_seg_t, q_idx_t, kv_idx_t, causal)
+  else:  # every pair is computed (see `flash_attention`): no table to build
+    live = jnp.ones((q_t.shape[0], k_t.shape[0]), bool)
   return q_t, k_t, v_t, q_seg_t, q_idx_t, kv_seg_t, kv_idx_t, live
 
 
