@@ -37,6 +37,7 @@ from qwen_audio_jax.model.encoder import AudioEncoder
 
 MARGIN_SECONDS = 0.05
 MAX_WORD_SECONDS = 1.0
+OWN, NEXT = "own audio", "next row's audio"  # the two conditions of `reliance`
 
 
 def word_clips(split: str):
@@ -132,6 +133,7 @@ def reliance(params, model_config, config, batches):
   with the next row's: ({condition: summarize_eval dict}, {target position: [correct, ...]})."""
   # Imported here: the trainer's module defines command-line flags.
   from qwen_audio_jax.data.config import task_names  # pylint: disable=g-import-not-at-top
+  from qwen_audio_jax.model.llm import output_head, project_to_vocab  # pylint: disable=g-import-not-at-top
   from qwen_audio_jax.model.qwen_audio import QwenAudio  # pylint: disable=g-import-not-at-top
   from qwen_audio_jax.train import summarize_eval  # pylint: disable=g-import-not-at-top
   from qwen_audio_jax.training import step as step_lib  # pylint: disable=g-import-not-at-top
@@ -141,12 +143,15 @@ def reliance(params, model_config, config, batches):
   model = QwenAudio(model_config)
 
   @jax.jit
-  def predictions(params, batch):
+  def predictions(params, batch, rows, positions):
+    """The greedy token at each (row, position): logits of those positions only."""
     mel = step_lib.audio_features(batch, model_config.encoder.n_mels, None)
-    logits = model.apply({"params": params}, batch["input_ids"], positions=batch["positions"],
+    hidden = model.apply({"params": params}, batch["input_ids"], positions=batch["positions"],
                          segment_ids=batch["segment_ids"], audio_mel=mel,
-                         audio_lengths=batch["audio_lengths"], audio_starts=batch["audio_starts"])
-    return jnp.argmax(logits, -1)
+                         audio_lengths=batch["audio_lengths"], audio_starts=batch["audio_starts"],
+                         return_hidden=True)
+    head = output_head(params["llm"], model_config)
+    return jnp.argmax(project_to_vocab(hidden[rows, positions][None], head)[0], -1)
 
   asr = names.index("asr") if "asr" in names else None
   totals = {OWN: None, NEXT: None}
@@ -159,17 +164,17 @@ def reliance(params, model_config, config, batches):
       sums = jax.device_get(eval_step(params, b))
       totals[name] = sums if totals[name] is None else jax.tree.map(np.add, totals[name], sums)
     if asr is not None:
-      predicted = np.asarray(predictions(params, batch))
-      for r in range(batch["input_ids"].shape[0]):
-        targets = np.nonzero(batch["target_mask"][r] & (batch["task_ids"][r] == asr))[0]
-        for k, p in enumerate(targets):
-          by_position[min(k, 9)].append(bool(predicted[r, p - 1] == batch["input_ids"][r, p]))
+      rows, targets = np.nonzero(np.asarray(batch["target_mask"])
+                                 & (np.asarray(batch["task_ids"]) == asr))
+      if len(rows):  # target token t is predicted at position t - 1
+        predicted = np.asarray(predictions(params, batch, rows, targets - 1))
+        correct = predicted == np.asarray(batch["input_ids"])[rows, targets]
+        for r in np.unique(rows):
+          for k, ok in enumerate(correct[rows == r]):
+            by_position[min(k, 9)].append(bool(ok))
   if totals[OWN] is None:
     raise SystemExit("the eval data produced no batch")
   return {name: summarize_eval(t, names) for name, t in totals.items()}, dict(by_position)
-
-
-OWN, NEXT = "own audio", "next row's audio"
 
 
 def probe_reliance(args) -> None:
