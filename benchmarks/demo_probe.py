@@ -170,7 +170,11 @@ def reliance(params, model_config, config, batches):
       rows, targets = np.nonzero(np.asarray(batch["target_mask"])
                                  & (np.asarray(batch["task_ids"]) == asr))
       if len(rows):  # target token t is predicted at position t - 1
-        predicted = np.asarray(predictions(params, batch, rows, targets - 1))
+        # Indices padded to a power of two: a few compiled programs, not one per batch.
+        padded = 1 << (len(rows) - 1).bit_length()
+        pad = lambda x: np.pad(x, (0, padded - len(x)))  # noqa: E731
+        predicted = np.asarray(
+            predictions(params, batch, pad(rows), pad(targets - 1)))[:len(rows)]
         correct = predicted == np.asarray(batch["input_ids"])[rows, targets]
         for r in np.unique(rows):
           for k, ok in enumerate(correct[rows == r]):
