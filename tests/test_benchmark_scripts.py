@@ -11,6 +11,7 @@ import sys
 import flax.linen as nn
 import jax
 import numpy as np
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks"))
 import train_step as train_step_benchmark  # noqa: E402
@@ -127,3 +128,16 @@ def test_demo_probe_reliance_rolls_only_the_audio():
   summaries, _ = demo_probe.reliance(params, model_config, config, [same])
   assert summaries[demo_probe.OWN] == summaries[demo_probe.NEXT]
   assert positions and all(isinstance(v, list) for v in positions.values())
+
+
+def test_demo_step_benchmark_builds_each_side_from_its_overrides():
+  import demo_step
+  overrides = demo_step.parse_overrides("optim.vocab_rows=all, data.batch_size=4,optim.eps=1e-8")
+  assert overrides == [("optim.vocab_rows", "all"), ("data.batch_size", 4), ("optim.eps", 1e-8)]
+  config = demo_step.make_config("pretrain", overrides)
+  assert (config.optim.vocab_rows, config.data.batch_size, config.optim.eps) == ("all", 4, 1e-8)
+  assert demo_step.make_config("pretrain", []).optim.vocab_rows == "data"  # the demo's default
+  with pytest.raises(SystemExit, match="no such config field"):
+    demo_step.make_config("pretrain", [("optim.vocab_row", "all")])
+  with pytest.raises(SystemExit, match="expected key=value"):
+    demo_step.parse_overrides("optim.vocab_rows")

@@ -26,7 +26,11 @@ def load_config(stage_file: str, preset: str = "demo"):
   spec = importlib.util.spec_from_file_location("cfg", os.path.join(ROOT, "configs", stage_file))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(preset)
+  config = module.get_config(preset)
+  # The models here have small vocabularies: the demo's reduced output vocabulary and compact
+  # tables (the demo corpus's tokens) do not fit them.
+  config.loss.output_vocab, config.optim.vocab_rows = "full", "all"
+  return config
 
 
 def abstract_params(**overrides):

@@ -47,7 +47,7 @@ def stage1_demo():
   base = common.base_config("pretrain")
   config.trainable, config.train_llm_in_pretrain = base.trainable, base.train_llm_in_pretrain
   config.specaugment = base.specaugment
-  config.loss.output_vocab = "full"
+  config.loss.output_vocab, config.optim.vocab_rows = "full", "all"
   return config
 
 

@@ -27,7 +27,8 @@ MATCHING = dict(encoder=dict(mlp_dim=256, output_dim=64),
 def load_config(name):
   c = _train_configs.load_config(name)
   c.model.overrides = ml_collections.ConfigDict(MATCHING)
-  c.loss.output_vocab = "full"  # the demo's reduced vocabulary does not fit a 512-token model
+  # The demo's reduced vocabulary and compact tables do not fit a 512-token model.
+  c.loss.output_vocab, c.optim.vocab_rows = "full", "all"
   return c
 
 

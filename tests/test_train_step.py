@@ -34,7 +34,7 @@ def load_config(stage_file: str, preset: str = "demo"):
   config = module.get_config(preset)
   # The model below has a 512-token vocabulary: the demo's reduced output vocabulary (the demo
   # corpus's target tokens) does not fit it.
-  config.loss.output_vocab = "full"
+  config.loss.output_vocab, config.optim.vocab_rows = "full", "all"
   config.specaugment.enabled = False
   config.optim.warmup_steps = 0
   config.optim.schedule = "constant"

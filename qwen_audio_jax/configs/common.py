@@ -44,6 +44,10 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
       # Layer-wise learning-rate decay of the audio encoder (qwen_audio_jax/training/
       # layer_decay.py): block i of depth gets decay^(depth-1-i) of the rate; 1.0 = off.
       encoder_layer_decay=1.0,
+      # 'all', or 'data': with loss.output_vocab='data', the optimizer trains compact tables,
+      # the embedding rows of the tokens the training rows contain and the head's kept columns
+      # (exact for AdamW / SGD; qwen_audio_jax/training/vocab_rows.py).
+      vocab_rows="all",
   ))
   # Stage 1 trains the audio encoder (with its projection) and the audio bos/eos rows with the
   # LLM frozen; stage 2 trains the LLM with the encoder frozen.
@@ -134,6 +138,9 @@ def demo_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   # see qwen_audio_jax/training/output_vocab.py), the targets of a row at a time.
   c.loss.output_vocab = "data"
   c.loss.chunk_length = 32
+  # ... and train only those head columns and the embedding rows of the ~700 tokens the demo rows
+  # hold (exact: weight decay is 0; qwen_audio_jax/training/vocab_rows.py).
+  c.optim.vocab_rows = "data"
   return c
 
 

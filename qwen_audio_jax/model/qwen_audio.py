@@ -75,7 +75,7 @@ class QwenAudio(nn.Module):
 
   def __call__(self, input_ids, *, positions=None, segment_ids=None, audio_mel=None,
                audio_lengths=None, audio_starts=None, train: bool = False,
-               decode: bool = False, return_hidden: bool = False):
+               decode: bool = False, return_hidden: bool = False, token_embeds=None):
     """Logits [B, S, vocab] (float32).
 
     input_ids / positions / segment_ids: [B, S] (defaults: 0..S-1 and all ones).
@@ -83,13 +83,18 @@ class QwenAudio(nn.Module):
     (0 = empty slot); audio_starts: [B, A] index of each clip's opening token. Without audio the
     model is the plain LLM (also used for decoding steps after the prompt).
     return_hidden: the LLM's final-normed hidden states [B, S, W] instead of logits.
+    token_embeds: [B, S, W] embeddings of `input_ids` to use instead of the embedding table's
+      rows (training/vocab_rows.py reads them from its compact table).
     """
     batch, length = input_ids.shape
     if segment_ids is None:
       segment_ids = jnp.ones((batch, length), jnp.int32)
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32)[None], (batch, length))
-    embeds = self.llm.embed(input_ids)
+    if token_embeds is None:
+      embeds = self.llm.embed(input_ids)
+    else:
+      embeds = sharding.constrain(token_embeds, ("act_batch", "act_length", "act_embed"))
     if audio_mel is not None:
       if audio_lengths is None or audio_starts is None:
         raise ValueError("audio_mel needs audio_lengths and audio_starts ([batch, slots] each)")

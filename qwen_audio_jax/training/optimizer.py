@@ -9,13 +9,14 @@ factors).
 
 import dataclasses
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import optax
 
 from qwen_audio_jax.model.params import path_tree
 from qwen_audio_jax.training.layer_decay import encoder_layer_decay
+from qwen_audio_jax.training import vocab_rows as vocab_rows_lib
 from qwen_audio_jax.training.trainable import trainable_mask
 
 OPTIMIZERS = ("adamw", "adafactor", "sgd")
@@ -53,16 +54,46 @@ def make_schedule(optim, total_steps: int) -> Callable[[Any], Any]:
 
 @dataclasses.dataclass
 class Optimizer:
-  """optax transformation over the trainable subtree, its schedule, and the trainable mask."""
+  """optax transformation over the trainable subtree, its schedule, and the trainable mask.
+
+  With `vocab_rows` (config.optim.vocab_rows='data', training/vocab_rows.py) the subtree the
+  transformation sees holds the compact embedding and head tables: `trained` and `write_back`
+  convert.
+  """
   tx: optax.GradientTransformation
   schedule: Callable[[Any], Any]
   trainable_mask: Any
+  vocab_rows: Optional[vocab_rows_lib.VocabRows] = None
+
+  def trained(self, params):
+    """(the subtree the optimizer updates, the frozen rest) of a full parameter tree."""
+    trained, frozen = partition(self.trainable_mask, params)
+    if self.vocab_rows is not None:
+      trained = vocab_rows_lib.compress(self.vocab_rows, trained)
+    return trained, frozen
+
+  def write_back(self, trained, params):
+    """The full parameter tree with the optimizer's subtree `trained` in place."""
+    full, frozen = partition(self.trainable_mask, params)
+    if self.vocab_rows is not None:
+      trained = vocab_rows_lib.expand(self.vocab_rows, trained, full)
+    return combine(self.trainable_mask, trained, frozen)
+
+  def global_norm(self, tree) -> jax.Array:
+    """The global L2 norm of a gradient of the optimizer's subtree (that of the full tables)."""
+    return vocab_rows_lib.global_norm(self.vocab_rows, tree)
 
 
 def make_optimizer(config, params) -> Optimizer:
   """The stage's optimizer for `params` (arrays or ShapeDtypeStructs)."""
   optim = config.optim
   mask = trainable_mask(config, params)
+  problem = vocab_rows_lib.refusal(config)
+  if problem:
+    raise ValueError(problem)
+  rows = None
+  if vocab_rows_lib.mode_of(config) == "data" and config.lora.rank == 0:  # LoRA: no table
+    rows = vocab_rows_lib.resolve(config, int(params["llm"]["embed"].shape[0]))
   schedule = make_schedule(optim, config.total_steps)
   if optim.name == "adamw":
     def decay_mask(tree):
@@ -77,10 +108,11 @@ def make_optimizer(config, params) -> Optimizer:
     core = optax.sgd(schedule, momentum=optim.b1 or None)
   else:
     raise ValueError(f"config.optim.name={optim.name!r}: expected one of {OPTIMIZERS}")
-  parts = [optax.clip_by_global_norm(optim.grad_clip_norm)] if optim.grad_clip_norm else []
+  parts = ([vocab_rows_lib.clip_by_global_norm(rows, optim.grad_clip_norm)]
+           if optim.grad_clip_norm else [])
   parts.append(core)
   # After the core, so it scales each encoder layer's learning rate (weight decay included).
   layer_decay = encoder_layer_decay(optim.encoder_layer_decay, params)
   if layer_decay is not None:
     parts.append(layer_decay)
-  return Optimizer(optax.chain(*parts), schedule, mask)
+  return Optimizer(optax.chain(*parts), schedule, mask, rows)

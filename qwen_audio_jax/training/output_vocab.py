@@ -71,14 +71,19 @@ def manifest_paths(data_config: ml_collections.ConfigDict) -> Tuple[Tuple[str, s
 
 
 @functools.lru_cache(maxsize=8)
-def _target_ids(entries: Tuple[Tuple[str, str], ...], tokenizer_path: str) -> np.ndarray:
+def data_ids(entries: Tuple[Tuple[str, str], ...], tokenizer_path: str
+             ) -> Tuple[np.ndarray, np.ndarray]:
+  """(input ids, target ids): the sorted distinct tokens of the manifests' encoded rows (every
+  position: prompts, tags, audio spans, targets) and of their targets alone (with the end of
+  text). Rows are encoded as the pipeline encodes them, with every clip at its full 30 s span so
+  that no SRWT time is clamped."""
   from qwen_audio_jax.audio import lengths  # pylint: disable=g-import-not-at-top
   from qwen_audio_jax.data import manifest as manifest_lib  # pylint: disable=g-import-not-at-top
   from qwen_audio_jax.data.transforms import load_tokenizer  # pylint: disable=g-import-not-at-top
   from qwen_audio_jax.text import chat, tasks  # pylint: disable=g-import-not-at-top
   tokenizer = load_tokenizer(tokenizer_path or None)
-  full_clip = lengths.CHUNK_SECONDS * lengths.SAMPLE_RATE  # no SRWT time is clamped
-  ids = {tokenizer.eot_id}
+  full_clip = lengths.CHUNK_SECONDS * lengths.SAMPLE_RATE
+  inputs, targets = set(), {tokenizer.eot_id}
   for path, task_filter in entries:
     wanted = [t for t in task_filter.split(",") if t] or None
     for _, row in manifest_lib.iter_rows(path, strict=False, tasks=wanted):
@@ -87,8 +92,11 @@ def _target_ids(entries: Tuple[Tuple[str, str], ...], tokenizer_path: str) -> np
         encoded = chat.encode_dialogue(row, tokenizer, num_samples)
       else:
         encoded = tasks.encode_example(row, tokenizer, num_samples)
-      ids.update(int(i) for i in encoded.input_ids[encoded.target_mask])
-  return np.asarray(sorted(ids), np.int32)
+      ids = np.asarray(encoded.input_ids)
+      inputs.update(int(i) for i in np.unique(ids))
+      targets.update(int(i) for i in np.unique(ids[encoded.target_mask]))
+  as_array = lambda s: np.asarray(sorted(s), np.int32)  # noqa: E731
+  return as_array(inputs), as_array(targets)
 
 
 def resolve(config: ml_collections.ConfigDict, model_config) -> Optional[OutputVocab]:
@@ -98,7 +106,7 @@ def resolve(config: ml_collections.ConfigDict, model_config) -> Optional[OutputV
     return None
   if mode != "data":
     raise ValueError(f"config.loss.output_vocab={mode!r}: expected one of {MODES}")
-  ids = _target_ids(manifest_paths(config.data), config.data.tokenizer_path)
+  _, ids = data_ids(manifest_paths(config.data), config.data.tokenizer_path)
   vocab_size = model_config.llm.vocab_size
   if ids.size and ids[-1] >= vocab_size:
     raise ValueError(f"config.loss.output_vocab='data': the targets contain token {ids[-1]}, "

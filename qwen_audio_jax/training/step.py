@@ -14,7 +14,10 @@ One train step:
             batch of k times the size. optax.MultiSteps is not used: it averages per-micro-batch
             means (wrong when micro-batches hold different numbers of target tokens) and costs
             one dispatch per micro-batch;
-  update    optax (clipping, schedule, weight decay) on the trainable subtree;
+  update    optax (clipping, schedule, weight decay) on the trainable subtree; with
+            `optim.vocab_rows='data'` its embedding and head are compact tables (the rows and
+            columns the data uses), written back into the full ones after the update
+            (`vocab_rows.py`; `untrained_tokens` counts inputs outside them);
   guard     a NaN / Inf loss or gradient norm, or an update that leaves a NaN / Inf in the
             trained parameters or the optimizer state (one reduction per array, `finite.py`),
             skips the update: parameters and optimizer state stay as they were, `nonfinite` = 1
@@ -35,6 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from qwen_audio_jax.audio import lengths, mel as mel_lib
 from qwen_audio_jax.audio import specaugment as specaugment_lib
 from qwen_audio_jax.audio.specaugment import SpecAugmentConfig, spec_augment
+from qwen_audio_jax.model.layers import dtype_of
 from qwen_audio_jax.model.llm import output_head
 from qwen_audio_jax.model.qwen_audio import QwenAudio
 from qwen_audio_jax.training import finite as finite_lib
@@ -42,6 +46,7 @@ from qwen_audio_jax.training import lora as lora_lib
 from qwen_audio_jax.training import loss as loss_lib
 from qwen_audio_jax.training import optimizer as optimizer_lib
 from qwen_audio_jax.training import output_vocab as output_vocab_lib
+from qwen_audio_jax.training import vocab_rows as vocab_rows_lib
 
 
 @flax.struct.dataclass
@@ -62,7 +67,7 @@ def init_train_state(config, params, rng) -> TrainState:
     opt_state = optimizer.tx.init(factors)
   else:
     factors = {}
-    trainable, _ = optimizer_lib.partition(optimizer.trainable_mask, params)
+    trainable, _ = optimizer.trained(params)
     opt_state = optimizer.tx.init(trainable)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, rng=rng,
                     lora=factors)
@@ -139,9 +144,11 @@ def padding_fractions(batch) -> Dict[str, jax.Array]:
 
 
 def _loss_sums(model, params, batch, mel, *, train: bool, num_tasks: int, chunk_length: int,
-               vocab=None):
+               vocab=None, token_embeds=None, head=None):
   """Forward pass and loss sums; with `chunk_length` > 0 the full logits are never formed; with
-  `vocab` (training.output_vocab) the logits are those of its kept tokens only."""
+  `vocab` (training.output_vocab) the logits are those of its kept tokens only. `token_embeds`
+  and `head` (its kept columns, with `vocab`) replace what the tables of `params` give
+  (training.vocab_rows)."""
   if vocab is not None and chunk_length <= 0:
     chunk_length = batch["input_ids"].shape[1]  # one chunk: the kept logits are small
   audio = {}
@@ -150,12 +157,13 @@ def _loss_sums(model, params, batch, mel, *, train: bool, num_tasks: int, chunk_
                  audio_starts=batch["audio_starts"])
   out = model.apply({"params": params}, batch["input_ids"], positions=batch["positions"],
                     segment_ids=batch["segment_ids"], train=train,
-                    return_hidden=chunk_length > 0, **audio)
+                    return_hidden=chunk_length > 0, token_embeds=token_embeds, **audio)
   with jax.named_scope("loss"):  # the name profiles and HLO dumps show
     if chunk_length > 0:
-      head = output_head(params["llm"], model.config)
-      if vocab is not None:
-        head = output_vocab_lib.kept_columns(head, vocab)
+      if head is None:
+        head = output_head(params["llm"], model.config)
+        if vocab is not None:
+          head = output_vocab_lib.kept_columns(head, vocab)
       return loss_lib.chunked_loss_sums(out, head, batch, num_tasks, chunk_length, vocab)
     return loss_lib.loss_sums(out, batch, num_tasks)
 
@@ -192,15 +200,31 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
   mask = optimizer.trainable_mask
   use_lora = config.lora.rank > 0
   vocab = output_vocab_lib.resolve(config, model_config)
+  rows = optimizer.vocab_rows
 
   def objective(trained, frozen, micro, key):
+    token_embeds = head = None
     if use_lora:
       params = lora_lib.merge(config, frozen, trained)
-    else:
+    elif rows is None:
       params = optimizer_lib.combine(mask, trained, frozen)
+    else:
+      # Compact tables (training/vocab_rows.py): the model keeps the full tables of `frozen`
+      # (constants) and reads its embeddings and head columns from the compact ones.
+      params = vocab_rows_lib.with_full_tables(optimizer_lib.combine(mask, trained, frozen),
+                                               frozen)
+      llm = trained["llm"]
+      if llm.get(vocab_rows_lib.EMBED) is not None:
+        token_embeds = vocab_rows_lib.token_embeddings(
+            rows, llm[vocab_rows_lib.EMBED], params["llm"][vocab_rows_lib.EMBED],
+            micro["input_ids"])
+        token_embeds = token_embeds.astype(dtype_of(model.config.dtype))
+      if llm.get(vocab_rows_lib.HEAD) is not None:
+        head = vocab_rows_lib.head_columns(rows, llm[vocab_rows_lib.HEAD])
     mel = audio_features(micro, n_mels, key, augment)
     sums = _loss_sums(model, params, micro, mel, train=True, num_tasks=num_tasks,
-                      chunk_length=chunk_length, vocab=vocab)
+                      chunk_length=chunk_length, vocab=vocab, token_embeds=token_embeds,
+                      head=head)
     return sums["loss_sum"] + z_weight * sums["z_loss_sum"], sums
 
   grad_fn = jax.grad(objective, has_aux=True)
@@ -225,8 +249,11 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
     key = jax.random.fold_in(state.rng, state.step)
     if use_lora:
       trained, frozen = state.lora, state.params
-    else:
+    elif rows is None:
       trained, frozen = optimizer_lib.partition(mask, state.params)
+    else:  # the frozen part carries the full tables the model reads
+      trained = optimizer.trained(state.params)[0]
+      frozen = vocab_rows_lib.tables_as_frozen(mask, state.params)
     grads, sums = gradient_sums(trained, frozen, batch, key)
 
     tokens = jnp.maximum(sums["target_tokens"], 1.0)
@@ -234,7 +261,7 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
     grads = jax.tree.map(lambda g: g / tokens, grads)
     loss = sums["loss_sum"] / tokens
     z_loss = sums["z_loss_sum"] / tokens
-    grad_norm = optax.tree.norm(grads)
+    grad_norm = optimizer.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(z_loss)
     with jax.named_scope("optimizer"):
       updates, new_opt_state = optimizer.tx.update(grads, state.opt_state, trained)
@@ -246,7 +273,7 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
     if use_lora:
       params, factors = state.params, new_trained
     else:
-      params, factors = optimizer_lib.combine(mask, new_trained, frozen), state.lora
+      params, factors = optimizer.write_back(new_trained, state.params), state.lora
     new_state = state.replace(step=state.step + 1, params=params, opt_state=new_opt_state,
                               lora=factors)
     metrics = {
@@ -266,6 +293,8 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
         "task_accuracy": sums["task_correct"] / task_tokens,
         "task_target_tokens": sums["task_target_tokens"],
     }
+    if rows is not None:
+      metrics["untrained_tokens"] = vocab_rows_lib.untrained_tokens(rows, batch)
     return new_state, metrics
 
   return train_step

@@ -19,7 +19,7 @@ from qwen_audio_jax.audio import specaugment as specaugment_lib
 from qwen_audio_jax.errors import ConfigError  # pylint: disable=unused-import (re-exported)
 from qwen_audio_jax.data import config as data_config_lib
 from qwen_audio_jax.data.sources import expand_paths
-from qwen_audio_jax.training import initialization, output_vocab
+from qwen_audio_jax.training import initialization, output_vocab, vocab_rows
 from qwen_audio_jax.training.optimizer import OPTIMIZERS, SCHEDULES
 from qwen_audio_jax.training.trainable import param_paths, trained_paths
 
@@ -128,6 +128,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: Optional[int] =
        f"config.loss.chunk_length={config.loss.chunk_length!r}: must be an integer >= 0 "
        "(0 = the whole sequence's logits at once)")
   _check_output_vocab(config, model_config, need)
+  problem = vocab_rows.refusal(config)
+  need(problem is None, problem or "")
   try:
     from qwen_audio_jax.training import report  # pylint: disable=g-import-not-at-top
     report.validate(config)
