@@ -66,10 +66,12 @@ class Optimizer:
   vocab_rows: Optional[vocab_rows_lib.VocabRows] = None
 
   def trained(self, params):
-    """(the subtree the optimizer updates, the frozen rest) of a full parameter tree."""
+    """(the subtree the optimizer updates, the frozen rest) of a full parameter tree; with
+    compact tables the frozen rest also carries the full tables, which the model reads."""
     trained, frozen = partition(self.trainable_mask, params)
     if self.vocab_rows is not None:
       trained = vocab_rows_lib.compress(self.vocab_rows, trained)
+      frozen = vocab_rows_lib.with_tables(frozen, params)
     return trained, frozen
 
   def write_back(self, trained, params):

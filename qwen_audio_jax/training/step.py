@@ -249,11 +249,8 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
     key = jax.random.fold_in(state.rng, state.step)
     if use_lora:
       trained, frozen = state.lora, state.params
-    elif rows is None:
-      trained, frozen = optimizer_lib.partition(mask, state.params)
-    else:  # the frozen part carries the full tables the model reads
-      trained = optimizer.trained(state.params)[0]
-      frozen = vocab_rows_lib.tables_as_frozen(mask, state.params)
+    else:
+      trained, frozen = optimizer.trained(state.params)
     grads, sums = gradient_sums(trained, frozen, batch, key)
 
     tokens = jnp.maximum(sums["target_tokens"], 1.0)

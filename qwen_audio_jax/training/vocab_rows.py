@@ -135,11 +135,7 @@ def compress(rows: VocabRows, trained):
   if llm.get(EMBED) is not None:
     llm[EMBED] = jnp.take(llm[EMBED], jnp.asarray(rows.input_ids), axis=0)
   if llm.get(HEAD) is not None:
-    head = llm[HEAD]
-    kept = jnp.take(head, jnp.asarray(rows.output.ids), axis=1)
-    if rows.output.rest:
-      kept = jnp.concatenate([kept, head[:, _first_tied(rows):_first_tied(rows) + 1]], axis=1)
-    llm[HEAD] = kept
+    llm[HEAD] = output_vocab_lib.kept_columns(llm[HEAD], rows.output)
   return dict(trained, llm=llm)
 
 
@@ -161,10 +157,10 @@ def expand(rows: VocabRows, compact, full):
   return dict(compact, llm=llm)
 
 
-def tables_as_frozen(mask, params):
-  """The frozen part of `params` (`optimizer.partition`) with the full tables in it too: the
-  constants the model reads while the compact tables are trained."""
-  frozen = jax.tree.map(lambda m, p: None if m else p, mask, params)
+def with_tables(frozen, params):
+  """`frozen` (the part `optimizer.partition` leaves out of the optimizer's subtree) with the
+  full tables of `params` in it too: the constants the model reads while the compact tables
+  are trained."""
   llm = dict(frozen["llm"])
   for name in (EMBED, HEAD):
     if name in params["llm"]:
@@ -173,7 +169,7 @@ def tables_as_frozen(mask, params):
 
 
 def with_full_tables(params, frozen):
-  """`params` with the tables of `frozen` (`tables_as_frozen`) in place of the compact ones."""
+  """`params` with the tables of `frozen` (`with_tables`) in place of the compact ones."""
   llm = dict(params["llm"])
   for name in (EMBED, HEAD):
     if frozen["llm"].get(name) is not None:
@@ -185,12 +181,6 @@ def untrained_tokens(rows: VocabRows, batch) -> jax.Array:
   """float32: the batch's non-padding tokens that have no compact embedding row."""
   index = jnp.asarray(rows.input_index())[batch["input_ids"]]
   return jnp.sum(((index < 0) & (batch["segment_ids"] != 0)).astype(jnp.float32))
-
-
-def _first_tied(rows: VocabRows) -> int:
-  other = np.ones(rows.vocab_size, bool)
-  other[rows.output.ids] = False
-  return int(np.argmax(other))
 
 
 def token_embeddings(rows: VocabRows, compact_embed, full_embed, input_ids):
