@@ -5,7 +5,9 @@
 
 Builds the `demo` preset of configs/<preset>.py twice, side `a` and side `b`, each with its
 `key=value` overrides (comma-separated; values are Python literals or plain strings), on the
-same initial parameters and the same batches of the demo corpus from the real input pipeline.
+same initial parameters (drawn from the same key for each side when the model configs differ,
+e.g. `model.overrides.scan_layers=True`) and on batches of the demo corpus from the real input
+pipeline, each side's from its own data config (the same batches when the data configs agree).
 Both steps are compiled first; then each round runs --steps steps of a, then of b (a fresh train
 state each round, so both always start from step 0), and the medians over the rounds' per-step
 times are printed with their ratio (> 1: side a is faster).
@@ -100,6 +102,14 @@ def shape_of(batch):
   return tuple(sorted((k, v.shape) for k, v in batch.items()))
 
 
+def demo_batches(config, count):
+  """The first `count` batches of a side's own data config (its batch size, buckets, ...) that
+  share the first one's shape (one compiled step); equal data configs give equal batches."""
+  iterator = DataPipeline(config.data).iterator()
+  batches = [jax.tree.map(np.asarray, next(iterator)) for _ in range(count)]
+  return [b for b in batches if shape_of(b) == shape_of(batches[0])]
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -116,17 +126,22 @@ def main():
   mesh = build_mesh(base)
   model_config = initialization.model_config_from(base)
   params, _ = initialization.initial_params(base, model_config, mesh, jax.random.key(0))
-  iterator = DataPipeline(base.data).iterator()
-  batches = [jax.tree.map(np.asarray, next(iterator)) for _ in range(args.steps + 2)]
-  batches = [b for b in batches if shape_of(b) == shape_of(batches[0])]  # one compiled shape
-  sides = [Side(name, configs[name], params, batches[0]) for name in ("a", "b")]
+  batches = {name: demo_batches(configs[name], args.steps + 2) for name in configs}
+  sides = []
+  for name in ("a", "b"):
+    own = params
+    if initialization.model_config_from(configs[name]) != model_config:  # e.g. scan_layers
+      own, _ = initialization.initial_params(configs[name], initialization.model_config_from(
+          configs[name]), mesh, jax.random.key(0))
+    sides.append(Side(name, configs[name], own, batches[name][0]))
 
   times = {side.name: [] for side in sides}
   for _ in range(args.rounds):
     for side in sides:
-      times[side.name].extend(side.run(batches, args.steps))
+      times[side.name].extend(side.run(batches[side.name], args.steps))
   medians = {name: statistics.median(values) for name, values in times.items()}
-  print(f"demo {args.preset} train step, batch {tuple(batches[0]['input_ids'].shape)}, "
+  shapes = " / ".join(str(tuple(batches[n][0]["input_ids"].shape)) for n in ("a", "b"))
+  print(f"demo {args.preset} train step, batch {shapes}, "
         f"{args.rounds} rounds x {args.steps} steps per side, interleaved; jax {jax.__version__} "
         f"on {jax.devices()[0].platform}, load average {os.getloadavg()[0]:.1f}")
   for side, text in zip(sides, (args.a, args.b)):

@@ -424,3 +424,59 @@ def test_length_grouping_is_deterministic_resumable_and_keeps_every_example(corp
   restored = DataPipeline(config, process_index=0, process_count=1).iterator()
   manager.restore(4, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
   assert_batches_equal(take(restored, 6), expected)
+
+
+@pytest.mark.parametrize("features", ["mel", "waveform"])
+def test_feature_cache_gives_the_same_batches_and_reads_each_clip_once(tmp_path, features):
+  # Three epochs of two tasks that share their clips, one over-long clip trimmed and one
+  # rejected: with the cache every clip is featurised once, the batches and counts unchanged.
+  manifest = write_corpus(tmp_path, n_asr=8, n_event=4)
+  soundfile.write(tmp_path / "long.wav", tone(3.0, 16000, 300), 16000)
+  soundfile.write(tmp_path / "short.wav", tone(0.01, 16000, 300), 16000)
+  rows = [json.loads(line) for line in open(manifest)]
+  rows += [asr_row(50, "long.wav"), asr_row(51, "short.wav")]
+  rows += [asr_row(60 + i, r["audio"]) for i, r in enumerate(rows) if r["task"] == "event"]
+  with open(manifest, "w") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in rows))
+  batches, stats, caches = {}, {}, {}
+  for cache_mb in (0, 64):
+    config = data_config(manifest, features=features, num_epochs=3, batch_size=2,
+                         long_audio="trim", max_audio_seconds=2.0, max_bad_fraction=1.0,
+                         feature_cache_mb=cache_mb, read_threads=0)  # exact counts
+    pipeline = DataPipeline(config, process_index=0, process_count=1)
+    it = pipeline.iterator()
+    batches[cache_mb] = list(it)
+    stats[cache_mb] = it.stats.to_state()
+    caches[cache_mb] = pipeline.feature_cache
+  assert_batches_equal(batches[0], batches[64])
+  assert stats[0] == stats[64]  # trimmed and rejected examples are counted in every epoch
+  assert stats[0]["tasks"]["asr"]["rejected"] == {"too_short": 3}
+  assert caches[0] is None
+  cache = caches[64]
+  # 8 + 4 clips + the trimmed one; the event clips are read by both tasks; the too-short clip
+  # is rejected every time and never cached.
+  assert len(cache) == 13
+  reads = 3 * (8 + 4 + 4 + 1)
+  assert cache.misses == 13 + 3 and cache.hits == reads - 13
+  assert sum(b["audio_lengths"].max() == 32000 for b in batches[64]) == 3  # trimmed to 2 s
+
+
+def test_feature_cache_is_bounded_lru_and_starts_empty_in_a_worker():
+  import pickle  # pylint: disable=g-import-not-at-top
+  from qwen_audio_jax.data.feature_cache import FeatureCache  # pylint: disable=g-import-not-at-top
+  cache = FeatureCache(max_bytes=3 * 400)
+  clip = lambda v: np.full(100, v, np.float32)  # 400 bytes
+  for k in "abc":
+    cache.put(k, clip(ord(k)), 100, False)
+  assert cache.get("a")[0][0] == ord("a")  # "a" is now the most recent
+  cache.put("d", clip(4), 100, True)
+  assert cache.get("b") is None and len(cache) == 3 and cache.nbytes == 1200
+  assert cache.get("d")[1:] == (100, True)
+  with pytest.raises(ValueError, match="read-only"):
+    cache.get("a")[0][0] = 0  # shared by every example that reads the clip
+  cache.put("huge", np.zeros(1000, np.float32), 1000, False)  # larger than the whole cache
+  assert cache.get("huge") is None and len(cache) == 3
+  worker = pickle.loads(pickle.dumps(cache))
+  assert len(worker) == 0 and worker.max_bytes == cache.max_bytes
+  with pytest.raises(ValueError, match="max_bytes"):
+    FeatureCache(-1)

@@ -31,10 +31,12 @@ def _masks(length):
   return {"causal_segments": causal, "key_padding": attention.key_padding_mask(valid, length)}
 
 
-@pytest.mark.parametrize("mask_name,heads,kv_heads,block_q,block", [
-    ("causal_segments", 4, 2, 8, 8), ("causal_segments", 2, 1, 16, 64),
-    ("causal_segments", 2, 2, 64, 16), ("key_padding", 4, 4, 8, 16)])
-def test_flash_matches_plain_values_and_gradients(mask_name, heads, kv_heads, block_q, block):
+@pytest.mark.parametrize("mask_name,heads,kv_heads,block_q,block,keys_only", [
+    ("causal_segments", 4, 2, 8, 8, False), ("causal_segments", 2, 1, 16, 64, False),
+    ("causal_segments", 2, 2, 64, 16, False), ("key_padding", 4, 4, 8, 16, True),
+    ("key_padding", 4, 2, 8, 16, False)])  # the general segment mask on the same input
+def test_flash_matches_plain_values_and_gradients(mask_name, heads, kv_heads, block_q, block,
+                                                  keys_only):
   length = 37  # no block size here divides it
   q, k, v = _qkv(3, length, heads, kv_heads)
   mask = _masks(length)[mask_name]
@@ -46,15 +48,17 @@ def test_flash_matches_plain_values_and_gradients(mask_name, heads, kv_heads, bl
   def flash(q, k, v):
     return flash_attention(q, k, v, mask.q_segments, mask.kv_segments, mask.q_index,
                            mask.kv_index, causal=mask.causal, scale=q.shape[-1] ** -0.5,
-                           block_q=block_q, block_k=block)
+                           block_q=block_q, block_k=block, keys_only=keys_only)
 
+  assert mask.keys_only == (mask_name == "key_padding")
   np.testing.assert_allclose(flash(q, k, v), plain(q, k, v), rtol=1e-5, atol=1e-5)
   loss = lambda f: lambda *a: jnp.sum(f(*a) * probe)  # noqa: E731
   want = jax.grad(loss(plain), (0, 1, 2))(q, k, v)
   got = jax.jit(jax.grad(loss(flash), (0, 1, 2)))(q, k, v)
   for name, a, b in zip("qkv", got, want):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=f"d{name}")
-  if mask_name == "causal_segments":  # the all-padding row: zeros, and no gradient through it
+  # The all-padding row (no key in the key-padding mask): zeros, and no gradient through it.
+  if mask_name == "causal_segments" or keys_only:
     assert not np.asarray(flash(q, k, v)[2]).any() and not np.asarray(got[0][2]).any()
 
 

@@ -6,6 +6,7 @@ Runs go through `train.run` in this process (one subprocess for SIGTERM). Every 
 persistent compilation cache, so equal configs compile once.
 """
 
+import dataclasses
 import glob
 import json
 import os
@@ -19,6 +20,7 @@ import pytest
 import soundfile
 
 from qwen_audio_jax import sharding, train
+from qwen_audio_jax.convert import stacking
 from qwen_audio_jax.data import DataPipeline
 from qwen_audio_jax.training import checkpointing, initialization
 from qwen_audio_jax.training import step as step_lib
@@ -152,6 +154,14 @@ def test_resume_is_exact_and_skips_unfinished_checkpoints(tmp_path, tone_manifes
   started = initialization.load_full(os.path.join("stopped", "checkpoints", "4"), model_config,
                                      train.build_mesh(config))
   assert params_equal(started, resumed.state.params)
+  # ... and a run that unrolls its layers (the demo's layout) gets the same weights unstacked.
+  unrolled = dataclasses.replace(model_config, scan_layers=not model_config.scan_layers)
+  relaid = initialization.load_full(os.path.join("stopped", "checkpoints", "4"), unrolled,
+                                    train.build_mesh(config))
+  back = stacking.stack_layers(relaid) if model_config.scan_layers else stacking.unstack_layers(
+      relaid)
+  assert jax.tree.structure(relaid) != jax.tree.structure(started)
+  assert params_equal(back, resumed.state.params)
 
 
 def blow_up_config(manifest, cache, **loop):

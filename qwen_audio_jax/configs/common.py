@@ -117,10 +117,17 @@ def base_config(stage: str) -> ml_collections.ConfigDict:
 def demo_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """CPU demo on the bundled corpus: the tiny model, small batches, a couple of minutes."""
   c.model.preset = "tiny"
+  # Two layers each: unrolled blocks compile in seconds and make the step 1.2x faster on CPU than
+  # nn.scan (285 -> 234 ms; the scan's stacked residuals and their dynamic slices in the
+  # backward cost more than the layers themselves at this size).
+  c.model.overrides.scan_layers = False
   c.data.batch_size = 2
   c.eval_data.batch_size = 4
   c.data.text_buckets = (128, 256)
   c.data.length_group_window = 16  # batches of similar audio and text lengths
+  # Every clip's features stay in memory after its first read (~120 MB of log-mel for the train
+  # split's 3,693 s): each is read ~10 times in a run, and decoding + mel were ~90 ms per batch.
+  c.data.feature_cache_mb = c.eval_data.feature_cache_mb = 512
   # Every demo clip (0.8-6.6 s) fits a 7 s bucket: one compiled step per text bucket.
   c.data.audio_buckets = c.eval_data.audio_buckets = (7.0, 30.0)
   c.eval_data.text_buckets = (128, 256)

@@ -115,6 +115,10 @@ def get_data_config(stage: str = "pretrain", split: str = "train") -> ml_collect
   # Host memory grows with worker_count x tasks x read_buffer_size x one example (~1 MB).
   c.read_threads = 1
   c.read_buffer_size = 4
+  # Host memory (MiB, per process and per worker) for the features of clips read from files,
+  # reused when a clip is read again (feature_cache.py): a small corpus repeated for many epochs
+  # decodes and featurises each clip once. 0 = off. Batches are identical either way.
+  c.feature_cache_mb = 0
   c.tokenizer_path = ""  # qwen.tiktoken; '' = the copy shipped with dashscope
   # Bad data (unreadable, empty, NaN, truncated, over-long or too-short audio, malformed rows) is
   # skipped and counted per task; once a task has seen min_examples_before_abort examples and
@@ -210,6 +214,8 @@ def validate_data_config(config: ml_collections.ConfigDict) -> None:
   need(config.num_epochs >= 0, f"num_epochs must be >= 0, got {config.num_epochs}")
   need(0 <= config.seed < 2**32, f"seed must be in [0, 2**32), got {config.seed}")
   need(config.worker_count >= 0, f"worker_count must be >= 0, got {config.worker_count}")
+  need(config.feature_cache_mb >= 0,
+       f"feature_cache_mb must be >= 0 (0 = off), got {config.feature_cache_mb}")
   need(config.worker_buffer_size >= 1,
        f"worker_buffer_size must be >= 1, got {config.worker_buffer_size}")
   need(config.worker_math_threads >= 0,

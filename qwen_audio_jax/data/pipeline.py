@@ -31,6 +31,7 @@ from qwen_audio_jax.data import batching, datasets, workers
 from qwen_audio_jax.data.length_grouping import LengthGroupIterDataset
 from qwen_audio_jax.data.sources import ArrayRecordSource, JsonlSource, expand_paths
 from qwen_audio_jax.data.stats import DataStats, StatsDelta
+from qwen_audio_jax.data.feature_cache import FeatureCache
 from qwen_audio_jax.data.transforms import ExampleBuilder, load_tokenizer
 
 
@@ -120,6 +121,9 @@ class DataPipeline:
       except (OSError, ValueError) as e:
         raise type(e)(f"data config tokenizer_path={config.tokenizer_path!r}: {e}") from e
     self._tokenizer = tokenizer
+    # One cache for every task's builder (ASR and SRWT rows share their clips).
+    self.feature_cache = (FeatureCache(int(config.feature_cache_mb * 2**20))
+                          if config.feature_cache_mb > 0 else None)
     self._load_stats = self._new_stats()
     self.sources = []
     counted_files = set()  # each unowned manifest row is counted by one entry only
@@ -161,7 +165,7 @@ class DataPipeline:
         clip_overflow=c.clip_overflow,
         max_audio_samples=int(round(c.max_audio_seconds * lengths.SAMPLE_RATE)),
         long_audio=c.long_audio, tokenizer=self._tokenizer,
-        tokenizer_path=c.tokenizer_path or None)
+        tokenizer_path=c.tokenizer_path or None, feature_cache=self.feature_cache)
 
   def task_dataset(self, task_id: int) -> grain.IterDataset:
     """One task's examples for this process (before mixing)."""

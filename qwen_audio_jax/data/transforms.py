@@ -17,6 +17,7 @@ import numpy as np
 
 from qwen_audio_jax.audio import lengths
 from qwen_audio_jax.data import manifest as manifest_lib
+from qwen_audio_jax.data.feature_cache import FeatureCache
 from qwen_audio_jax.data.sources import SourceExample
 from qwen_audio_jax.data.stats import Rejection
 
@@ -111,7 +112,8 @@ class ExampleBuilder:
   def __init__(self, *, task_id: int, features: str = "mel", n_mels: int = 80,
                max_clips: int = 1, max_tokens: int = 2048, text_overflow: str = "truncate",
                clip_overflow: str = "drop", max_audio_samples: int = lengths.N_SAMPLES,
-               long_audio: str = "skip", tokenizer=None, tokenizer_path: Optional[str] = None):
+               long_audio: str = "skip", tokenizer=None, tokenizer_path: Optional[str] = None,
+               feature_cache: Optional[FeatureCache] = None):
     if features not in ("mel", "waveform"):
       raise ValueError(f"features must be 'mel' or 'waveform', got {features!r}")
     if not 0 < max_audio_samples <= lengths.N_SAMPLES:
@@ -130,6 +132,7 @@ class ExampleBuilder:
     self._tokenizer = tokenizer
     self._tokenizer_injected = tokenizer is not None
     self._tokenizer_path = tokenizer_path
+    self.feature_cache = feature_cache
 
   @property
   def tokenizer(self):
@@ -160,22 +163,14 @@ class ExampleBuilder:
                                 f"max_clips_per_row is {self.max_clips}")
       return self._reject("too_many_clips", source.origin,
                           f"{len(refs)} clips > max_clips_per_row {self.max_clips}")
-    waves, trimmed = [], False
+    clips, num_samples, trimmed = [], [], False
     for ref in refs:
-      wave = self._read(source, ref)
-      if isinstance(wave, Rejection):
-        return wave
-      if wave.shape[0] > self.max_audio_samples:
-        seconds = wave.shape[0] / lengths.SAMPLE_RATE
-        if self.long_audio == "skip":
-          return self._reject("too_long", source.origin, f"{ref.path}: {seconds:.2f} s > "
-                              f"{self.max_audio_samples / lengths.SAMPLE_RATE:g} s")
-        wave, trimmed = wave[:self.max_audio_samples], True
-      if wave.shape[0] < self.min_audio_samples:
-        return self._reject("too_short", source.origin, f"{ref.path}: {wave.shape[0]} samples "
-                            f"< {self.min_audio_samples}")
-      waves.append(wave)
-    num_samples = [int(w.shape[0]) for w in waves]
+      clip = self._clip(source, ref)
+      if isinstance(clip, Rejection):
+        return clip
+      clips.append(clip[0])
+      num_samples.append(clip[1])
+      trimmed |= clip[2]
     try:
       encoded = self._encode(source.row, num_samples)
     except ValueError as e:
@@ -193,9 +188,38 @@ class ExampleBuilder:
       input_ids, target_mask, truncated = input_ids[:cut], target_mask[:cut], True
     return Example(
         task_id=self.task_id, input_ids=input_ids, target_mask=target_mask,
-        clips=[self._features(w) for w in waves],
+        clips=clips,
         clip_lengths=np.asarray(num_samples, np.int32), audio_starts=audio_starts,
         origin=source.origin, truncated=truncated)
+
+  def _clip(self, source: SourceExample, ref: manifest_lib.ClipRef
+            ) -> Union[Tuple[np.ndarray, int, bool], Rejection]:
+    """(features, samples, trimmed) of one clip: read, checked and featurised, or from the
+    feature cache when this clip file and segment were featurised before."""
+    from_file = ref.path not in source.audio_bytes and ref.path not in source.audio_arrays
+    key = None
+    if self.feature_cache is not None and from_file:
+      key = (ref.path, ref.start, ref.end)
+      cached = self.feature_cache.get(key)
+      if cached is not None:
+        return cached
+    wave = self._read(source, ref)
+    if isinstance(wave, Rejection):
+      return wave
+    trimmed = False
+    if wave.shape[0] > self.max_audio_samples:
+      seconds = wave.shape[0] / lengths.SAMPLE_RATE
+      if self.long_audio == "skip":
+        return self._reject("too_long", source.origin, f"{ref.path}: {seconds:.2f} s > "
+                            f"{self.max_audio_samples / lengths.SAMPLE_RATE:g} s")
+      wave, trimmed = wave[:self.max_audio_samples], True
+    if wave.shape[0] < self.min_audio_samples:
+      return self._reject("too_short", source.origin, f"{ref.path}: {wave.shape[0]} samples "
+                          f"< {self.min_audio_samples}")
+    features = self._features(wave)
+    if key is not None:
+      self.feature_cache.put(key, features, wave.shape[0], trimmed)
+    return features, int(wave.shape[0]), trimmed
 
   def _read(self, source: SourceExample, ref: manifest_lib.ClipRef
             ) -> Union[np.ndarray, Rejection]:

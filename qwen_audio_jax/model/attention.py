@@ -36,6 +36,9 @@ class MaskInfo:
   q_index: jax.Array
   kv_index: jax.Array
   causal: bool = flax.struct.field(pytree_node=False, default=False)
+  # Every query is in segment 1 and keys in 1 or 0 (key padding): 'flash' then builds its
+  # per-tile mask from the keys alone.
+  keys_only: bool = flax.struct.field(pytree_node=False, default=False)
 
   def dense(self) -> jax.Array:
     """The [B, 1, T, S] boolean mask."""
@@ -56,7 +59,7 @@ def key_padding_mask(keys_valid: jax.Array, q_len: int) -> MaskInfo:
   batch, length = keys_valid.shape
   zeros = jnp.zeros((batch, length), jnp.int32)
   return MaskInfo(jnp.ones((batch, q_len), jnp.int32), keys_valid.astype(jnp.int32),
-                  jnp.zeros((batch, q_len), jnp.int32), zeros, causal=False)
+                  jnp.zeros((batch, q_len), jnp.int32), zeros, causal=False, keys_only=True)
 
 
 def resolve_impl(impl: str, dtype=jnp.float32) -> str:
@@ -98,7 +101,8 @@ def _attend(query, key, value, mask, *, impl, scale):
     if not isinstance(mask, MaskInfo):
       raise ValueError("attention impl 'flash' needs a MaskInfo (segment ids), not a dense mask")
     return flash_attention(query, key, value, mask.q_segments, mask.kv_segments, mask.q_index,
-                           mask.kv_index, causal=mask.causal, scale=scale)
+                           mask.kv_index, causal=mask.causal, scale=scale,
+                           keys_only=mask.keys_only)
   if impl == "tpu_flash":  # Pallas kernel (tpu_attention.py); cached decoding takes 'xla'
     if not isinstance(mask, MaskInfo):
       raise ValueError("attention impl 'tpu_flash' needs a MaskInfo (segment ids), not a dense "

@@ -30,9 +30,13 @@ import jax.numpy as jnp
 _NEG = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
-def _tile_mask(q_seg, kv_seg, q_idx, kv_idx, causal: bool):
+def _tile_mask(q_seg, kv_seg, q_idx, kv_idx, causal: bool, keys_only: bool = False):
   """[B, 1, 1, bq, bk] bool mask of one (query tile, key tile) pair (broadcast over KV heads and
-  groups)."""
+  groups); [B, 1, 1, 1, bk] with `keys_only` (every query is in segment 1: key padding), which
+  XLA then broadcasts inside the fusions that read it instead of materialising a mask per
+  query."""
+  if keys_only:
+    return (kv_seg == 1)[:, None, None, None, :]
   mask = (q_seg[:, :, None] == kv_seg[:, None, :]) & (q_seg[:, :, None] != 0)
   if causal:
     mask &= kv_idx[:, None, :] <= q_idx[:, :, None]
@@ -95,7 +99,8 @@ def _layout(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, block_q, block_
   return q_t, k_t, v_t, q_seg_t, q_idx_t, kv_seg_t, kv_idx_t, live
 
 
-def _forward(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, scale, block_q, block_k):
+def _forward(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, scale, block_q, block_k,
+             keys_only):
   """q: [B, K, G, T, D]; returns (out [B, K, G, T, D] float32, lse [B, K, G, T] float32)."""
   q_len = q.shape[3]
   q_t, k_t, v_t, q_seg_t, q_idx_t, kv_seg_t, kv_idx_t, live = _layout(
@@ -111,7 +116,7 @@ def _forward(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, scale, block_q
         running_max, norm, acc = carry
         logits = jnp.einsum("bkgtd,bksd->bkgts", q_i, k,
                             preferred_element_type=jnp.float32) * scale
-        mask = _tile_mask(seg_i, seg, idx_i, idx, causal)
+        mask = _tile_mask(seg_i, seg, idx_i, idx, causal, keys_only)
         logits = jnp.where(mask, logits, _NEG)
         new_max = jnp.maximum(running_max, jnp.max(logits, axis=-1))
         probs = jnp.where(mask, jnp.exp(logits - new_max[..., None]), 0.0)
@@ -141,21 +146,22 @@ def _forward(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, scale, block_q
   return _untile(out_t, 3, q_len), _untile(lse_t, 3, q_len)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10))
-def _attention(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, scale, block_q, block_k):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10, 11))
+def _attention(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, scale, block_q, block_k,
+               keys_only):
   return _forward(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, scale, block_q,
-                  block_k)[0].astype(q.dtype)
+                  block_k, keys_only)[0].astype(q.dtype)
 
 
 def _attention_fwd(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, scale, block_q,
-                   block_k):
+                   block_k, keys_only):
   out, lse = _forward(q, key, value, q_seg, kv_seg, q_idx, kv_idx, causal, scale, block_q,
-                      block_k)
+                      block_k, keys_only)
   out = out.astype(q.dtype)
   return out, (q, key, value, q_seg, kv_seg, q_idx, kv_idx, out, lse)
 
 
-def _attention_bwd(causal, scale, block_q, block_k, residuals, d_out):
+def _attention_bwd(causal, scale, block_q, block_k, keys_only, residuals, d_out):
   """FlashAttention-2's backward: key tiles outside, query tiles inside; dK and dV of a key
   tile accumulate in the inner loop's carry, dQ in a [n_q, ...] buffer updated a tile at a
   time. Only live tile pairs are computed."""
@@ -182,7 +188,7 @@ def _attention_bwd(causal, scale, block_q, block_k, residuals, d_out):
       def grads(_):
         q_i = q_t[i].astype(jnp.float32)
         logits = jnp.einsum("bkgtd,bksd->bkgts", q_i, k32) * scale
-        mask = _tile_mask(q_seg_t[i], seg, q_idx_t[i], idx, causal)
+        mask = _tile_mask(q_seg_t[i], seg, q_idx_t[i], idx, causal, keys_only)
         probs = jnp.where(mask, jnp.exp(logits - lse_t[i][..., None]), 0.0)
         # dV^T = dO^T P and dK^T = Q^T dS: P and dS are read as they are made ([queries, keys],
         # the contraction over queries their major axis); the transposed operands are the
@@ -231,7 +237,7 @@ DEFAULT_BLOCK_K = 128
 
 def flash_attention(query, key, value, q_segments, kv_segments, q_index, kv_index, *,
                     causal: bool, scale: float, block_q: int = DEFAULT_BLOCK_Q,
-                    block_k: int = DEFAULT_BLOCK_K):
+                    block_k: int = DEFAULT_BLOCK_K, keys_only: bool = False):
   """Attention output [B, T, H, D] for queries [B, T, H, D], keys / values [B, S, K, D].
 
   A query attends a key when their segment ids ([B, T] / [B, S]) are equal and non-zero and,
@@ -241,7 +247,13 @@ def flash_attention(query, key, value, q_segments, kv_segments, q_index, kv_inde
   pairs that may attend are computed (`_live_tiles`): about half of them for one sequence per
   row, fewer for packed rows and padding. Bidirectional attention keeps all queries in one tile
   and visits every key block.
+
+  keys_only: the caller promises that every query's segment id is 1 and that keys are in
+  segment 1 or 0 (padding), as `attention.key_padding_mask` builds them; the mask is then the
+  keys' validity alone, broadcast over the queries (bidirectional only).
   """
+  if keys_only and causal:
+    raise ValueError("flash_attention: keys_only is for bidirectional attention (causal=False)")
   batch, q_len, heads, head_dim = query.shape
   kv_heads = key.shape[2]
   groups = heads // kv_heads
@@ -250,5 +262,6 @@ def flash_attention(query, key, value, q_segments, kv_segments, q_index, kv_inde
   q = jnp.transpose(query.reshape(batch, q_len, kv_heads, groups, head_dim), (0, 2, 3, 1, 4))
   as_int = lambda x: jnp.asarray(x, jnp.int32)  # noqa: E731
   out = _attention(q, key, value, as_int(q_segments), as_int(kv_segments), as_int(q_index),
-                   as_int(kv_index), bool(causal), float(scale), int(block_q), int(block_k))
+                   as_int(kv_index), bool(causal), float(scale), int(block_q), int(block_k),
+                   bool(keys_only))
   return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(batch, q_len, heads, head_dim)

@@ -187,9 +187,18 @@ def load_run_step(path: str, model_config, mesh: Mesh) -> Tuple[Dict, str]:
     logging.info("%s: LoRA factors of rank %d merged into %d kernels", where,
                  run_config.lora.rank, len(factors))
   expected = abstract_params(model_config, mesh)
+  if run_model.scan_layers != model_config.scan_layers:
+    # The same weights in the other layer layout ('block' [L, ...] <-> 'block_0' ...): a run may
+    # start from one that scanned its layers (or did not), whichever this run does.
+    from qwen_audio_jax.convert import stacking  # pylint: disable=g-import-not-at-top
+    relayout = stacking.unstack_layers if run_model.scan_layers else stacking.stack_layers
+    params = jax.jit(relayout, out_shardings=jax.tree.map(lambda e: e.sharding, expected))(
+        params)
+    note += f" (layers {'unrolled' if run_model.scan_layers else 'stacked for nn.scan'})"
   _check_against(params, expected, where, complete=True)
-  params = jax.tree.map(lambda x, e: x if x.dtype == e.dtype else x.astype(e.dtype), params,
-                        expected)
+  params = jax.tree.map(
+      lambda x, e: jax.device_put(x if x.dtype == e.dtype else x.astype(e.dtype), e.sharding),
+      params, expected)
   return params, note
 
 
