@@ -1,7 +1,7 @@
 """What holds the demo's speech recognition back: two probes on the bundled demo corpus.
 
     python benchmarks/demo_probe.py words [--steps 400] [--batch 32] [--lr 3e-3] [--train-words N]
-    python benchmarks/demo_probe.py reliance --checkpoint workdir/demo/checkpoints/1000
+    python benchmarks/demo_probe.py reliance --checkpoint workdir/demo/checkpoints/1400
 
 words     The tiny preset's audio encoder (the module and sizes the demo trains) with a mean over
           its valid frames and one linear layer, trained alone as a classifier of the corpus's

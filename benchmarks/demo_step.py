@@ -41,10 +41,22 @@ from qwen_audio_jax.training.layout import build_mesh  # noqa: E402
 PRESETS = {"pretrain": pretrain, "sft": sft}
 
 
+def split_top_level(text: str):
+  """'a=1,b=(2, 3)' -> ['a=1', 'b=(2, 3)']: commas inside brackets stay in their value."""
+  parts, depth, start = [], 0, 0
+  for i, char in enumerate(text):
+    depth += char in "([{"
+    depth -= char in ")]}"
+    if char == "," and depth == 0:
+      parts.append(text[start:i])
+      start = i + 1
+  return parts + [text[start:]]
+
+
 def parse_overrides(text: str):
-  """'a.b=1,c=data' -> [('a.b', 1), ('c', 'data')]."""
+  """'a.b=1,c=data,d=(5.0, 30.0)' -> [('a.b', 1), ('c', 'data'), ('d', (5.0, 30.0))]."""
   out = []
-  for item in filter(None, (part.strip() for part in text.split(","))):
+  for item in filter(None, (part.strip() for part in split_top_level(text))):
     if "=" not in item:
       raise SystemExit(f"override {item!r}: expected key=value")
     key, value = item.split("=", 1)
