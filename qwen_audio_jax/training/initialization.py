@@ -196,9 +196,8 @@ def load_run_step(path: str, model_config, mesh: Mesh) -> Tuple[Dict, str]:
         params)
     note += f" (layers {'unrolled' if run_model.scan_layers else 'stacked for nn.scan'})"
   _check_against(params, expected, where, complete=True)
-  params = jax.tree.map(
-      lambda x, e: jax.device_put(x if x.dtype == e.dtype else x.astype(e.dtype), e.sharding),
-      params, expected)
+  params = jax.tree.map(lambda x, e: x if x.dtype == e.dtype else x.astype(e.dtype), params,
+                        expected)
   return params, note
 
 
