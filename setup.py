@@ -41,7 +41,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["qwen_audio_jax", "qwen_audio_jax.*"]),
     include_package_data=True,
-    package_data={"qwen_audio_jax": ["data/demo/**/*", "data/demo/*"]},
+    package_data={"qwen_audio_jax": ["data/demo/**/*", "data/demo/*", "data/demo_encoder/**/*",
+                                     "data/demo_encoder/*"]},
     entry_points={"console_scripts": console_scripts()},
     install_requires=[
         "jax>=0.10.2",

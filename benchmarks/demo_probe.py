@@ -3,12 +3,12 @@
     python benchmarks/demo_probe.py words [--steps 400] [--batch 32] [--lr 3e-3] [--train-words N]
     python benchmarks/demo_probe.py reliance --checkpoint workdir/demo/checkpoints/1400
 
-words     The tiny preset's audio encoder (the module and sizes the demo trains) with a mean over
-          its valid frames and one linear layer, trained alone as a classifier of the corpus's
-          words: each word cut out of a training sentence at its SRWT word times (+-50 ms), the
-          held-out words cut out of the held-out sentences (a voice and speed training never
-          uses). It prints train and held-out accuracy every 100 steps: how fast the encoder
-          learns the words when it gets a direct signal.
+words     The tiny preset's audio encoder trained alone as a classifier of the corpus's words
+          (qwen_audio_jax/training/encoder_pretraining.py with words only): each word cut out of
+          a training sentence at its SRWT word times (+-50 ms), the held-out words cut out of
+          the held-out sentences (a voice and speed training never uses). It prints held-out
+          accuracy every 100 steps: how fast the encoder learns the words when it gets a direct
+          signal.
 reliance  A trained checkpoint's teacher-forced loss and token accuracy on the held-out split,
           per task, once with each row's own audio and once with the audio of the next row of
           its batch (each row keeps its own length, so only the content is wrong), then its ASR
@@ -18,116 +18,33 @@ reliance  A trained checkpoint's teacher-forced loss and token accuracy on the h
 
 import argparse
 import collections
-import json
 import os
-import time
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from qwen_audio_jax.audio import io as audio_io
-from qwen_audio_jax.audio import lengths
-from qwen_audio_jax.audio.mel import log_mel_spectrogram
 from qwen_audio_jax.config import get_preset
 from qwen_audio_jax.data.config import DEMO_DIR
-from qwen_audio_jax.model.encoder import AudioEncoder
+from qwen_audio_jax.training import encoder_pretraining
 
-MARGIN_SECONDS = 0.05
-MAX_WORD_SECONDS = 1.0
 OWN, NEXT = "own audio", "next row's audio"  # the two conditions of `reliance`
 
 
-def word_clips(split: str):
-  """(waves [N, 16000] zero-padded, lengths [N], words [N]) of every word of the split's SRWT
-  rows, cut at its word times."""
-  waves, sizes, words = [], [], []
-  max_samples = int(MAX_WORD_SECONDS * lengths.SAMPLE_RATE)
-  with open(os.path.join(DEMO_DIR, f"{split}.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  for row in rows:
-    if row["task"] != "srwt":
-      continue
-    wave = audio_io.load_audio(os.path.join(DEMO_DIR, row["audio"]))
-    for word in row["words"]:
-      start = max(0, int((word["start"] - MARGIN_SECONDS) * lengths.SAMPLE_RATE))
-      end = min(len(wave), int((word["end"] + MARGIN_SECONDS) * lengths.SAMPLE_RATE))
-      piece = wave[start:end][:max_samples]
-      waves.append(np.pad(piece, (0, max_samples - len(piece))))
-      sizes.append(len(piece))
-      words.append(word["word"])
-  if not words:
-    raise SystemExit(f"{DEMO_DIR}/{split}.jsonl: no srwt rows with word times")
-  return np.stack(waves).astype(np.float32), np.asarray(sizes, np.int32), words
-
-
-class WordClassifier(nn.Module):
-  """The demo's audio encoder, a mean over each clip's valid frames, one linear layer."""
-  num_words: int
-
-  @nn.compact
-  def __call__(self, mel, num_samples):
-    frames, counts = AudioEncoder(get_preset("tiny"))(mel, num_samples)
-    valid = (jnp.arange(frames.shape[1])[None, :] < counts[:, None])[..., None]
-    pooled = jnp.sum(frames * valid, axis=1) / jnp.maximum(jnp.sum(valid, axis=1), 1)
-    return nn.Dense(self.num_words)(pooled)
-
-
 def probe_words(args):
-  """Trains the classifier; prints and returns [(step, train accuracy, held-out accuracy)]."""
-  start = time.time()
-  train_waves, train_sizes, train_words = word_clips("train")
+  """Trains the classifier on words alone; prints and returns [(step, {'word': held-out
+  accuracy})]."""
+  train = encoder_pretraining.labelled_examples(os.path.join(DEMO_DIR, "train.jsonl"), ["word"])
+  held_out = encoder_pretraining.labelled_examples(os.path.join(DEMO_DIR, "eval.jsonl"), ["word"])
+  words = train["word"]
   if args.train_words:  # the first N words: a quicker, weaker probe
-    train_waves, train_sizes = train_waves[:args.train_words], train_sizes[:args.train_words]
-    train_words = train_words[:args.train_words]
-  eval_waves, eval_sizes, eval_words = word_clips("eval")
-  vocab = sorted(set(train_words))
-  index = {w: i for i, w in enumerate(vocab)}
-  unknown = sorted(set(eval_words) - set(vocab))
-  if unknown:
-    raise SystemExit(f"held-out words never spoken in training: {unknown}")
-  frames = lengths.mel_frames(int(MAX_WORD_SECONDS * lengths.SAMPLE_RATE))
-  mel = lambda waves: np.stack([log_mel_spectrogram(w, 80, frames) for w in waves])  # noqa: E731
-  train_mel, eval_mel = mel(train_waves), mel(eval_waves)
-  train_y = np.asarray([index[w] for w in train_words])
-  eval_y = np.asarray([index[w] for w in eval_words])
-  print(f"{len(train_y)} training words ({len(vocab)} distinct), {len(eval_y)} held-out words; "
-        f"features in {time.time() - start:.1f} s")
-
-  model = WordClassifier(len(vocab))
-  params = nn.unbox(model.init(jax.random.key(0), train_mel[:2], train_sizes[:2]))
-  tx = optax.adamw(args.lr, b2=0.98, weight_decay=0.0)
-  opt_state = tx.init(params)
-
-  @jax.jit
-  def step(params, opt_state, mel, sizes, labels):
-    def loss_fn(p):
-      logits = model.apply(p, mel, sizes)
-      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, jnp.mean(jnp.argmax(logits, -1) == labels)
-    (loss, accuracy), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss, accuracy
-
-  predict = jax.jit(lambda p, mel, sizes: jnp.argmax(model.apply(p, mel, sizes), -1))
-  rng = np.random.default_rng(0)
-  window, history = [], []
-  for i in range(1, args.steps + 1):
-    rows = rng.integers(0, len(train_y), args.batch)
-    params, opt_state, loss, accuracy = step(params, opt_state, train_mel[rows],
-                                             train_sizes[rows], train_y[rows])
-    window.append((float(loss), float(accuracy)))
-    if i % 100 == 0 or i == args.steps:
-      held_out = np.concatenate([
-          np.asarray(predict(params, eval_mel[j:j + 256], eval_sizes[j:j + 256]))
-          for j in range(0, len(eval_y), 256)])
-      loss, accuracy = np.mean(window, axis=0)
-      window = []
-      history.append((i, float(accuracy), float(np.mean(held_out == eval_y))))
-      print(f"step {i:5d} | train loss {loss:.3f} | train accuracy {accuracy:.3f} | held-out "
-            f"accuracy {np.mean(held_out == eval_y):.3f} ({len(eval_y)} words)")
+    n = args.train_words
+    train["word"] = encoder_pretraining.Examples(words.waves[:n], words.num_samples[:n],
+                                                 words.labels[:n], words.origins[:n])
+  print(f"{len(train['word'])} training words, {len(held_out['word'])} held-out words")
+  _, history, _ = encoder_pretraining.pretrain(
+      get_preset("tiny"), train, held_out, steps=args.steps, word_batch=args.batch,
+      learning_rate=args.lr)
   return history
 
 

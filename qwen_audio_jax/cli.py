@@ -18,6 +18,7 @@ COMMANDS = {
     "chat": "qwen_audio_jax.chat",
     "evaluate": "qwen_audio_jax.evaluate",
     "plan": "qwen_audio_jax.plan",
+    "pretrain_encoder": "qwen_audio_jax.training.encoder_pretraining",
 }
 SCRIPT_PREFIX = "qwen-audio-"
 

@@ -22,6 +22,14 @@ NARROW = dict(
     llm=dict(width=32, heads=2, kv_heads=1, head_dim=16, mlp_dim=64, depth=1))
 
 
+def narrow(c):
+  """The NARROW model in config `c`, with a fresh encoder: the demo's pretrained encoder
+  (`init.whisper` of pretrain.py:demo) fits the tiny preset's sizes only."""
+  c.model.overrides = ml_collections.ConfigDict(NARROW)
+  c.init.whisper = ""
+  return c
+
+
 def load_config(name, preset="demo"):
   """configs/<name>.py's get_config(preset)."""
   spec = importlib.util.spec_from_file_location(f"config_{name}",
@@ -35,7 +43,7 @@ def tone_config(manifest, cache, **loop):
   """Stage 1 on the tone rows with the narrow model; runs stop early through `stop_at_step`
   (a long schedule keeps the compiled step the same for every test, SIGTERM's included)."""
   c = load_config("pretrain")
-  c.model.overrides = ml_collections.ConfigDict(NARROW)
+  narrow(c)
   c.data.mixture = ml_collections.ConfigDict({"asr": mixture_entry(paths=manifest, tasks="asr")})
   c.data.batch_size = 8
   c.data.text_buckets = (64,)

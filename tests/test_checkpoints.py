@@ -16,7 +16,7 @@ from qwen_audio_jax.data.config import mixture_entry
 from qwen_audio_jax.text import tokenizer as tokenizer_lib
 from qwen_audio_jax.training import step as step_lib
 
-from _train_configs import NARROW, load_config
+from _train_configs import narrow, load_config
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def lora_run(tmp_path_factory):
                  "text": f"tone {i % 3}", "text_language": "en", "itn": False})
   (root / "rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   c = load_config("sft")
-  c.model.overrides = ml_collections.ConfigDict(NARROW)
+  narrow(c)
   c.data.mixture = ml_collections.ConfigDict(
       {"asr": mixture_entry(paths=str(root / "rows.jsonl"), tasks="asr")})
   c.data.batch_size = 8

@@ -16,7 +16,7 @@ import pytest
 from qwen_audio_jax import train
 from qwen_audio_jax.evaluate import metrics, runner
 
-from _train_configs import NARROW, REPO, load_config
+from _train_configs import narrow, REPO, load_config
 
 STEPS = 2
 MAX_NEW_TOKENS = 6  # the tiny model is barely trained: keep its (long) outputs short
@@ -46,7 +46,7 @@ def trained_run(tmp_path_factory, cache_dir):
   held-out ASR rows) at step 2."""
   workdir = tmp_path_factory.mktemp("eval_run")
   c = load_config("pretrain")
-  c.model.overrides = ml_collections.ConfigDict(NARROW)
+  narrow(c)
   c.data.batch_size = 8
   for task in ("asr", "srwt", "aqa", "caption"):
     del c.data.mixture[task]

@@ -19,7 +19,7 @@ from qwen_audio_jax.data.sft.facts import as_sentence, row_facts
 from qwen_audio_jax.text import chat, tasks
 from qwen_audio_jax.text.tokenizer import QwenAudioTokenizer
 
-from _train_configs import NARROW, load_config
+from _train_configs import narrow, load_config
 
 DEMO_TRAIN = os.path.join(DEMO_DIR, "train.jsonl")
 
@@ -366,7 +366,7 @@ def test_sft_demo_config_trains_on_the_command_output(tmp_path, tmp_path_factory
   # The settings of test_train_loop's stage-2 run, so that the suite compiles the step once
   # (the persistent compilation cache it shares); only the data differ.
   c = load_config("sft")
-  c.model.overrides = ml_collections.ConfigDict(NARROW)
+  narrow(c)
   c.data.mixture = ml_collections.ConfigDict({"chat": mixture_entry(paths=str(out),
                                                                     tasks="chat")})
   c.mesh.data, c.mesh.tensor = 4, 2

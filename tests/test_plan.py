@@ -15,12 +15,12 @@ from qwen_audio_jax.model import params as params_lib
 from qwen_audio_jax.plan import gpu_estimate, hardware, planner, report, search
 from qwen_audio_jax.training import initialization
 
-from _train_configs import NARROW, REPO, load_config
+from _train_configs import narrow, REPO, load_config
 
 
 def small_config(stage="pretrain", batch=8):
   c = load_config(stage)
-  c.model.overrides = ml_collections.ConfigDict(NARROW)
+  narrow(c)
   c.data.batch_size = batch
   c.data.text_buckets = (64,)
   c.eval_every = 0

@@ -25,7 +25,7 @@ from qwen_audio_jax.data import DataPipeline
 from qwen_audio_jax.training import checkpointing, initialization
 from qwen_audio_jax.training import step as step_lib
 
-from _train_configs import NARROW, load_config, start_trainer, terminate_when, tone_config
+from _train_configs import load_config, narrow, start_trainer, terminate_when, tone_config
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def eval_loss(config, params, mesh, model_config):
 @pytest.mark.parametrize("stage", ["pretrain", "sft"])
 def test_loss_falls_on_the_demo_corpus(stage, tmp_path, cache_dir):
   c = load_config(stage)
-  c.model.overrides = ml_collections.ConfigDict(NARROW)
+  narrow(c)
   c.mesh.data, c.mesh.tensor = 4, 2  # also a tensor-parallel layout through the whole loop
   c.data.batch_size = c.eval_data.batch_size = 4
   if stage == "pretrain":  # the short-row tasks of the corpus, one 128-token bucket

@@ -22,7 +22,7 @@ STEPS = 3
 
 def _config(mode):
   c = _train_configs.load_config("pretrain")
-  c.model.overrides = ml_collections.ConfigDict(_train_configs.NARROW)
+  _train_configs.narrow(c)
   c.data.batch_size = 4
   c.optim.vocab_rows = mode
   c.optim.learning_rate = 1e-2

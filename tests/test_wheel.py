@@ -56,6 +56,11 @@ def test_wheel_holds_configs_and_demo_corpus(installed):
   audio = [n for n in names if n.startswith("qwen_audio_jax/data/demo/audio/")]
   assert len(audio) == len(os.listdir(os.path.join(REPO, "qwen_audio_jax", "data", "demo",
                                                    "audio")))
+  # The demo's pretrained encoder (config.init.whisper of pretrain.py:demo), every file of it.
+  encoder_dir = os.path.join(REPO, "qwen_audio_jax", "data", "demo_encoder")
+  bundled = {os.path.relpath(os.path.join(d, f), REPO).replace(os.sep, "/")
+             for d, _, files in os.walk(encoder_dir) for f in files}
+  assert bundled and bundled <= set(names), sorted(bundled - set(names))
 
 
 def test_installed_package_resolves_the_readme_configs_from_elsewhere(installed):

@@ -23,6 +23,9 @@ STAGES = ("pretrain", "chat")
 MAX_BATCH_SHAPES = 32
 
 DEMO_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo")
+# The demo's pretrained audio encoder (its stand-in for Whisper), written from the demo corpus's
+# training split by `python -m qwen_audio_jax.training.encoder_pretraining`.
+DEMO_ENCODER_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "demo_encoder")
 
 
 def mixture_entry(*, weight: float = 1.0, source: str = "jsonl", paths: str = "",

@@ -158,7 +158,11 @@ def _load_converted(path: str, model_config, mesh: Mesh, key: str) -> Dict:
   try:
     return convert.load_params(path, model_config, param_shardings(model_config, mesh))
   except (ValueError, FileNotFoundError) as e:  # CheckpointError is a ValueError
-    raise type(e)(f"config.init.{key}={path!r}: {e}") from e
+    hint = ""
+    if "has shape" in str(e):  # e.g. the demo's pretrained encoder under other model sizes
+      hint = (f" (the checkpoint was written for other model sizes: point config.init.{key} at "
+              f"one of these sizes, or set it to '' to start this part from a random init)")
+    raise type(e)(f"config.init.{key}={path!r}: {e}{hint}") from e
 
 
 def check_complete(params: Dict, model_config, mesh: Mesh, where: str) -> None:
