@@ -49,8 +49,8 @@ from qwen_audio_jax.audio.mel import log_mel_spectrogram
 from qwen_audio_jax.data import manifest as manifest_lib
 from qwen_audio_jax.model.encoder import AudioEncoder
 
-KINDS = ("word", "event", "aqa")
-KIND_OF_TASK = {"srwt": "word", "event": "event", "aqa": "aqa"}  # the manifest task of each kind
+KIND_OF_TASK = {"srwt": "word", "event": "event", "aqa": "aqa"}  # manifest task -> label kind
+KINDS = tuple(KIND_OF_TASK.values())
 WORD_MARGIN_SECONDS = 0.05
 MAX_WORD_SECONDS = 1.0
 
