@@ -14,7 +14,7 @@ from qwen_audio_jax.data import make_demo_corpus
 from qwen_audio_jax.data.config import DEMO_DIR
 
 EXPECTED_COUNTS = {
-    "train": {"asr": 640, "srwt": 640, "caption": 480, "event": 480, "aqa": 800, "chat": 1280},
+    "train": {"asr": 640, "srwt": 640, "caption": 480, "event": 480, "aqa": 1660, "chat": 1280},
     "eval": {"asr": 48, "srwt": 48, "caption": 96, "event": 96, "aqa": 64, "chat": 160},
 }
 

@@ -146,3 +146,13 @@ def test_the_demo_starts_from_the_bundled_encoder():
       initialization._merge(jax.device_get(initialization.random_params(
           run_model, checkpoints.single_device_mesh(), jax.random.key(0))), part),
       run_model, checkpoints.single_device_mesh(), "bundled demo encoder")
+
+
+def test_learning_rate_warms_up_then_decays_to_a_tenth():
+  schedule = ep.learning_rate_schedule(3e-3, 800)
+  rates = [float(schedule(step)) for step in (0, 25, 50, 425, 800)]
+  assert rates[0] == 0.0 and rates[1] == pytest.approx(1.5e-3)
+  assert rates[2] == pytest.approx(3e-3) and rates[4] == pytest.approx(3e-4)
+  assert rates[2] > rates[3] > rates[4]
+  assert float(ep.learning_rate_schedule(3e-3, 20)(20)) == pytest.approx(3e-4)  # short runs too
+  assert float(ep.learning_rate_schedule(3e-3, 1)(0)) == pytest.approx(3e-3)  # no warmup at all

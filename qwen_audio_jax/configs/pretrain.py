@@ -36,13 +36,14 @@ def get_config(arg: str = "demo"):
     # pretrained on the demo corpus's training split as a classifier of its words (cut at their
     # SRWT times), sound labels and AQA answers (`python -m
     # qwen_audio_jax.training.encoder_pretraining`, 800 steps, ~100 s). From a random encoder
-    # the same 1,400 steps end at WER 37.8% and count accuracy 65.6%, instead of 14.8% and 75.0%
-    # (README, Training): the LLM has to find the words in frames that do not carry them yet.
+    # the same 1,400 steps ended at WER 37.8% and count accuracy 65.6% (the corpus's previous
+    # version), from this one at 15.1% and 71.9% (README, Training): the LLM has to find the
+    # words in frames that do not carry them yet.
     c.init.whisper = DEMO_ENCODER_DIR
     c.data.batch_size = 16
     c.data.text_buckets = (192,)  # every demo row fits; one compiled step
     c.eval_data.text_buckets = (192,)
-    c.total_steps = 1400  # 410-431 s on 2 cores (0.25-0.30 s per step), 8-9 minutes with the install
+    c.total_steps = 1400  # 410-459 s on 2 cores (0.25-0.33 s per step), plus the install
     # 1e-2 learns a slice of 8 clips by heart faster (loss 1.7 against 4.6 after 40 steps) but
     # the whole corpus slower (speech loss 2.59 against 1.98 at step 190).
     c.optim.learning_rate = 3e-3
