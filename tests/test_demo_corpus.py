@@ -46,6 +46,21 @@ def test_manifest_is_valid_and_complete(split):
   assert len({r["id"] for r in rows}) == len(rows)
 
 
+def test_counting_rows_are_the_generators_default_count_of_its_own_stream(tmp_path):
+  """The extra counting clips are what `make_demo_corpus` writes by default: as many as
+  TRAIN_COUNT_SOUNDS, last in train.jsonl, the first of them drawn from their own stream."""
+  counting = [r for r in rows_of("train") if r["id"].startswith("aqa-train-count-")]
+  assert len(counting) == make_demo_corpus.TRAIN_COUNT_SOUNDS
+  assert rows_of("train")[-len(counting):] == counting
+  (tmp_path / "audio").mkdir()
+  first = make_demo_corpus.counting_rows(4, str(tmp_path), np.random.default_rng([0, 1]))
+  assert counting[:4] == first
+  for row in first:
+    regenerated, _ = sf.read(tmp_path / row["audio"])
+    bundled, _ = sf.read(os.path.join(DEMO_DIR, row["audio"]))
+    np.testing.assert_array_equal(regenerated, bundled)
+
+
 @pytest.mark.parametrize("split", ["train", "eval"])
 def test_every_clip_is_16khz_mono_and_within_30_s(split):
   for path in {p for row in rows_of(split) for p in clips_of(row)}:
