@@ -1,7 +1,7 @@
 """What holds the demo's speech recognition back: two probes on the bundled demo corpus.
 
     python benchmarks/demo_probe.py words [--steps 400] [--batch 32] [--lr 3e-3] [--train-words N]
-    python benchmarks/demo_probe.py reliance --checkpoint workdir/demo/checkpoints/1400
+    python benchmarks/demo_probe.py reliance --checkpoint workdir/demo/checkpoints/1600
 
 words     The tiny preset's audio encoder trained alone as a classifier of the corpus's words
           (qwen_audio_jax/training/encoder_pretraining.py with words only): each word cut out of

@@ -87,24 +87,34 @@ def test_unusable_rows_are_counted_by_reason(tmp_path):
 
 
 def test_pretraining_learns_the_held_out_voice_and_loads_as_init_whisper(tmp_path):
-  """100 steps on 1,500 training words (and the clip labels) recognise held-out words far above
-  chance (1/91), and the written encoder is what a run with `init.whisper` starts from."""
+  """100 steps on 1,500 training words, 160 sentences' frames (and the clip labels) recognise
+  held-out words, cut and in their sentences, far above chance (1/91), and the written encoder
+  is what a run with `init.whisper` starts from."""
   train = ep.labelled_examples(os.path.join(DEMO_DIR, "train.jsonl"))
-  words = train["word"]
+  words, utterances = train["word"], train["utterance"]
   train["word"] = ep.Examples(words.waves[:1500], words.num_samples[:1500], words.labels[:1500],
                               words.origins[:1500])
+  train["utterance"] = ep.Examples(utterances.waves[:160], utterances.num_samples[:160],
+                                   utterances.labels[:160], utterances.origins[:160],
+                                   utterances.words[:160])
   held_out = ep.labelled_examples(EVAL)
   skipped = collections.Counter()
   model_config = get_preset("tiny")
   encoder, history, classes = ep.pretrain(model_config, train, held_out, steps=100,
-                                          log_every=100, skipped=skipped, log=lambda _: None)
+                                          utterance_batch=4, log_every=100, skipped=skipped,
+                                          log=lambda _: None)
   (step, scores), = history
   assert step == 100 and scores["word"] > 0.15, scores
+  assert scores["word (frames)"] > 0.1, scores
   assert scores["event"] > 0.5, scores  # 6 labels
-  # Held-out words that the first 1,500 training words never say are counted, not scored.
+  # Held-out words that the training slice never says are counted, not scored.
   known = {c for _, c in train["word"].labels}
+  known |= {w for spans in train["utterance"].words for _, _, w in spans}
   unseen = sum(c not in known for _, c in held_out["word"].labels)
   assert skipped["held-out: class never seen in training"] == unseen
+  unseen_frames = sum(w not in known for row in ep.frame_labels(held_out["utterance"]) for w in row
+                      if w)
+  assert skipped["held-out: frame of a word never seen in training"] == unseen_frames
   assert set(classes.sets) == {"word", "event"} | {s for s, _ in held_out["clip"].labels}
 
   out = ep.save(str(tmp_path / "encoder"), encoder, model_config, {"steps": 100})
@@ -156,3 +166,50 @@ def test_learning_rate_warms_up_then_decays_to_a_tenth():
   assert rates[2] > rates[3] > rates[4]
   assert float(ep.learning_rate_schedule(3e-3, 20)(20)) == pytest.approx(3e-4)  # short runs too
   assert float(ep.learning_rate_schedule(3e-3, 1)(0)) == pytest.approx(3e-3)  # no warmup at all
+
+
+def test_utterance_frames_are_labelled_with_the_word_their_centre_lies_in():
+  """A frame is 40 ms (`lengths.audio_tokens`); its centre decides its word, gaps score nothing,
+  and unseen words are counted."""
+  one_second = ep.Examples(np.zeros((2, 16000), np.float32), np.asarray([16000, 8000], np.int32),
+                           [("word", ""), ("word", "")], ["m:1", "m:2"],
+                           [[(0.0, 0.1, "a"), (0.5, 0.62, "b")], [(0.3, 0.34, "zz")]])
+  labels = ep.frame_labels(one_second)
+  assert [len(row) for row in labels] == [25, 12]
+  assert [i for i, w in enumerate(labels[0]) if w == "a"] == [0, 1]  # centres 0.02, 0.06
+  assert [i for i, w in enumerate(labels[0]) if w == "b"] == [12, 13, 14]  # 0.50 .. 0.58
+  assert [i for i, w in enumerate(labels[1]) if w] == [7]  # centre 0.30
+  classes = ep.Classes([("word", "a"), ("word", "b")], ["word"])
+  skipped = collections.Counter()
+  ids, sets = classes.encode(one_second, skipped, "held-out")
+  assert ids.shape == (2, 25) and list(sets) == [0, 0]
+  assert list(np.flatnonzero(ids[0] >= 0)) == [0, 1, 12, 13, 14]
+  assert list(ids[0, [0, 1, 12, 13, 14]]) == [0, 0, 1, 1, 1]
+  assert np.all(ids[1] == -1)
+  assert skipped == {"held-out: frame of a word never seen in training": 1}
+  assert ep.Classes.of({"utterance": one_second}).names == [
+      ("word", "a"), ("word", "b"), ("word", "zz")]
+
+
+def test_utterances_are_read_whole_and_their_frames_share_the_words_readout():
+  """`frame` reads each srwt row whole with its word times; the per-frame logits are the pooled
+  classifier's layer on each frame (their mean over the valid frames is the pooled logits)."""
+  groups = ep.labelled_examples(EVAL, ["frame"])
+  rows = [r for r in _rows(EVAL) if r["task"] == "srwt"]
+  assert sorted(groups) == ["utterance"]
+  utterances = groups["utterance"]
+  assert len(utterances) == len(rows)
+  assert utterances.words[0] == [(w["start"], w["end"], w["word"]) for w in rows[0]["words"]]
+  assert utterances.waves.shape[1] % 16000 == 0
+  first = ep.frame_labels(utterances)[0]
+  assert [w for i, w in enumerate(first) if w and (i == 0 or first[i - 1] != w)] == \
+      rows[0]["text"].split()  # every word has frames, in order
+  model = ep.EncoderClassifier(get_preset("tiny"), 7)
+  mel = ep._features(utterances, 80)[:2]
+  samples = utterances.num_samples[:2]
+  params = model.init(jax.random.key(0), mel, samples)
+  pooled = model.apply(params, mel, samples)
+  per_frame = model.apply(params, mel, samples, per_frame=True)
+  for row in range(2):
+    n = int(ep.lengths.audio_tokens(int(samples[row])))
+    np.testing.assert_allclose(per_frame[row, :n].mean(0), pooled[row], rtol=1e-4, atol=1e-5)
