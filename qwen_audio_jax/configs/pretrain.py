@@ -33,7 +33,7 @@ def get_config(arg: str = "demo"):
     # The paper's stage 1 starts from Whisper's encoder; the demo's stand-in is the tiny encoder
     # pretrained on the demo corpus's training split as a classifier of its words (cut at their
     # SRWT times, and frame by frame in their sentences), sound labels and AQA answers (`python
-    # -m qwen_audio_jax.training.encoder_pretraining`, 800 steps, ~190 s). It stays frozen but
+    # -m qwen_audio_jax.training.encoder_pretraining`, 800 steps, 207 s). It stays frozen but
     # for its last layer norm and its projection to the LLM (the LLM learns to read frames that
     # already say which word is where): held-out WER 3.1% and count accuracy 96.9% after these
     # 1,600 steps (2.4% and 93.8% with another seed), against 15.1% and 71.9% when the whole
