@@ -1,13 +1,16 @@
 """Attention implementations against each other: forward + backward time of one attention call.
 
     python benchmarks/attention.py [--shape encoder|llm] [--iters 5] [--blocks 64x128,128x128]
+                                   [--dtype float32|bfloat16] [--full]
 
 'encoder': 4 clips x 8 heads x 1,500 frames x 64 (a 30 s clip at Whisper-base width), key
 padding (the clips' valid frames 1500, 1000, 500, 250); 'llm': 4 rows x 8 heads (2 KV heads)
-x 1,024 tokens x 64, causal within two packed segments per row. float32. Every implementation
-runs in the same process, interleaved round by round; prints the median milliseconds of each and
-its ratio to 'xla' (> 1: faster than xla), and the largest difference of its output and
-gradients from 'plain'.
+x 1,024 tokens x 64, causal within two packed segments per row. --full takes the release's
+sizes instead: Whisper-large's 20 heads for 'encoder'; for 'llm' Qwen-7B's 32 heads of 128 (no
+grouping) over 2,048 tokens, the segments cut at the same fractions. Every implementation runs
+in the same process, interleaved round by round ('cudnn', the fused flash kernel, on GPUs with
+bfloat16); prints the median milliseconds of each and its ratio to 'xla' (> 1: faster than
+xla), and the largest difference of its output and gradients from 'plain'.
 """
 
 import argparse
@@ -25,21 +28,23 @@ from qwen_audio_jax.model import attention
 from qwen_audio_jax.model.flash_attention import flash_attention
 
 
-def inputs(shape: str):
+def inputs(shape: str, full: bool = False, dtype=jnp.float32):
   keys = jax.random.split(jax.random.key(0), 4)
   if shape == "encoder":
-    batch, length, heads, kv_heads = 4, 1500, 8, 8
+    batch, length, heads, kv_heads, head_dim = 4, 1500, (20 if full else 8), None, 64
+    kv_heads = heads
     valid = jnp.arange(length)[None] < jnp.asarray([[1500], [1000], [500], [250]])
     mask = attention.key_padding_mask(valid, length)
   else:
-    batch, length, heads, kv_heads = 4, 1024, 8, 2
-    segments = jnp.where(jnp.arange(length)[None] < jnp.asarray([[700], [512], [300], [1024]]),
-                         1, 2).astype(jnp.int32)
+    batch, length = 4, (2048 if full else 1024)
+    heads, kv_heads, head_dim = (32, 32, 128) if full else (8, 2, 64)
+    cuts = jnp.asarray([[700], [512], [300], [1024]]) * length // 1024
+    segments = jnp.where(jnp.arange(length)[None] < cuts, 1, 2).astype(jnp.int32)
     index = jnp.broadcast_to(jnp.arange(length), (batch, length))
     mask = attention.causal_segment_mask(segments, segments, index, index)
-  q = jax.random.normal(keys[0], (batch, length, heads, 64))
-  k = jax.random.normal(keys[1], (batch, length, kv_heads, 64))
-  v = jax.random.normal(keys[2], (batch, length, kv_heads, 64))
+  q = jax.random.normal(keys[0], (batch, length, heads, head_dim), dtype)
+  k = jax.random.normal(keys[1], (batch, length, kv_heads, head_dim), dtype)
+  v = jax.random.normal(keys[2], (batch, length, kv_heads, head_dim), dtype)
   return (q, k, v), mask
 
 
@@ -49,16 +54,22 @@ def main(argv=None) -> int:
   parser.add_argument("--iters", type=int, default=5)
   parser.add_argument("--blocks", default="64x128,128x128,128x256",
                       help="flash tile sizes, queries x keys, comma-separated")
+  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  parser.add_argument("--full", action="store_true", help="the release's head counts and sizes")
   args = parser.parse_args(argv)
-  (q, k, v), mask = inputs(args.shape)
+  dtype = jnp.dtype(args.dtype)
+  (q, k, v), mask = inputs(args.shape, args.full, dtype)
   probe = jnp.cos(jnp.arange(q.shape[-1], dtype=jnp.float32))
 
   def fwd_bwd(fn):
-    loss = lambda q, k, v: jnp.sum(fn(q, k, v) * probe)  # noqa: E731
+    loss = lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * probe)  # noqa: E731
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
 
+  names = ["xla", "plain"]
+  if jax.devices()[0].platform == "gpu" and dtype.itemsize == 2:
+    names.append("cudnn")
   impls = {name: fwd_bwd(functools.partial(attention.attend, mask=mask, impl=name))
-           for name in ("xla", "plain")}
+           for name in names}
   for tile in args.blocks.split(","):
     try:
       block_q, block_k = (int(n) for n in tile.split("x"))
@@ -76,14 +87,15 @@ def main(argv=None) -> int:
       jax.block_until_ready(fn(q, k, v))
       times[name].append(time.perf_counter() - start)
   load = os.getloadavg()[0]
-  print(f"attention fwd+bwd, {args.shape} shape q {tuple(q.shape)} k {tuple(k.shape)}, float32, "
-        f"jax {jax.__version__} on {jax.devices()[0].platform}, {os.cpu_count()} cores, "
+  print(f"attention fwd+bwd, {args.shape} shape q {tuple(q.shape)} k {tuple(k.shape)}, "
+        f"{args.dtype}, jax {jax.__version__} on {jax.devices()[0].platform} "
+        f"({jax.devices()[0].device_kind}), {os.cpu_count()} cores, "
         f"load average {load:.1f}; median of {args.iters} interleaved rounds")
   reference = results["plain"]
   xla = statistics.median(times["xla"])
   for name in impls:
     ms = 1000 * statistics.median(times[name])
-    error = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+    error = max(float(np.max(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32))))
                 for a, b in zip(jax.tree.leaves(results[name]), jax.tree.leaves(reference)))
     print(f"  {name:12s} {ms:9.1f} ms   ratio to xla {1000 * xla / ms:5.2f}x   "
           f"max |diff| vs plain {error:.1e}")

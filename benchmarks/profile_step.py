@@ -1,7 +1,7 @@
 """Where the train step's time goes: a jax.profiler trace of our step, read back per XLA thunk.
 
     python benchmarks/profile_step.py [--lengths 30s|librispeech|demo] [--layers 4] [--width 512]
-                                      [--batch 4] [--steps 2] [--top 25]
+                                      [--batch 4] [--steps 2] [--top 25] [--dtype float32]
 
 The same step, model and batches as `train_step.py` (ours only, no reference). After two
 untimed steps it traces --steps steps, reads the trace (`jax.profiler.ProfileData`) and maps
@@ -10,7 +10,8 @@ text), then prints the time per step:
 
   by part      encoder / encoder attention / LLM / LLM attention / loss / optimizer / other,
                forward or backward (an op_name under `transpose(...)` is the backward pass);
-  by kind      matmul (XLA:CPU's YNNPACK or dot thunks), convolution, copy / transpose,
+  by kind      matmul (XLA:CPU's YNNPACK or dot thunks; on a GPU cuBLAS calls and gemm
+               fusions), convolution, copy / transpose,
                scan stacking (the dynamic slices and updates of scanned layers' saved
                activations), reduction, other elementwise fusions;
   top thunks   the costliest instructions with their op_name.
@@ -20,6 +21,9 @@ The parts come from name scopes: 'attention' (`model/attention.py`), 'loss' and 
 which contain others, are left out so nothing is counted twice. Times are wall times of each
 thunk; XLA:CPU runs independent thunks on its threads at once, so their sum can exceed the
 step's wall time, and tracing itself slows the step (the wall time is printed with and without).
+On a GPU the thunks are the device's kernels, each credited to the HLO instruction that launched
+it (the trace's `hlo_op`), and run one after another on the stream: their sum against the wall
+time says how long the GPU waits for the host (launches, the Python loop).
 """
 
 import argparse
@@ -81,10 +85,12 @@ def part_of(op_name: str) -> str:
 
 
 def kind_of(thunk: str, op_name: str) -> str:
-  if thunk.startswith(("ynn", "dot")) or ("dot_general" in op_name and "fusion" not in thunk):
-    return "matmul"
-  if thunk.startswith("convolution"):
+  if thunk.startswith("convolution") or ("conv_general_dilated" in op_name
+                                          and thunk.startswith(("custom-call", "cudnn"))):
     return "convolution"
+  if (thunk.startswith(("ynn", "dot", "cublas")) or "gemm" in thunk
+      or ("dot_general" in op_name and "fusion" not in thunk)):
+    return "matmul"
   if "dynamic-update-slice" in thunk or "dynamic-slice" in thunk:
     return "scan stacking / slicing"
   if "copy" in thunk or "transpose" in thunk:
@@ -95,19 +101,28 @@ def kind_of(thunk: str, op_name: str) -> str:
 
 
 def thunk_times(trace_dir: str, steps: int):
-  """Thunk name -> milliseconds per step, from the newest trace under `trace_dir`."""
+  """Thunk (HLO instruction) name -> milliseconds per step, from the newest trace under
+  `trace_dir`: XLA:CPU's worker threads' thunks, or a GPU's kernels by their `hlo_op`."""
   paths = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
   if not paths:
     raise SystemExit(f"no *.xplane.pb trace under {trace_dir}")
   times = collections.Counter()
   for plane in ProfileData.from_file(max(paths, key=os.path.getmtime)).planes:
+    gpu = plane.name.startswith("/device:GPU")
     for line in plane.lines:
-      if not line.name.startswith("tf_XLA"):  # the XLA:CPU client's worker threads
+      # XLA:CPU's client threads; a GPU's streams (not its derived summary lines).
+      if not (line.name.startswith("tf_XLA") or (gpu and line.name.startswith("Stream"))):
         continue
       for event in line.events:
         if event.name.startswith(_RUNTIME) or _CONTAINERS.match(event.name):
           continue
-        times[event.name] += event.duration_ns / 1e6 / steps
+        name = dict(event.stats).get("hlo_op", event.name) if gpu else event.name
+        times[name] += event.duration_ns / 1e6 / steps
+  if not times:
+    lines = [f"{plane.name}: {[line.name for line in plane.lines]}"
+             for plane in ProfileData.from_file(max(paths, key=os.path.getmtime)).planes]
+    raise SystemExit("no XLA thunk or GPU kernel events in the trace; its planes and lines:\n"
+                     + "\n".join(lines))
   return times
 
 
@@ -130,9 +145,11 @@ def main():
   parser.add_argument("--steps", type=int, default=2)
   parser.add_argument("--top", type=int, default=25)
   parser.add_argument("--trace_dir", default="", help="default: a temporary directory")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   args = parser.parse_args()
 
   model, _ = train_step_benchmark.configs(args.layers, args.width, args.vocab)
+  model = train_step_benchmark.with_dtype(model, args.dtype)
   config = train_step_benchmark.train_config(args.chunk)
   params = jax.jit(lambda: nn.unbox(init_params(model, jax.random.key(0))))()
   optimizer = optimizer_lib.make_optimizer(config, params)
@@ -170,8 +187,9 @@ def main():
     kinds[f"{part_of(op).split(',')[0]}: {kind_of(thunk, op)}"] += ms
   print(f"train step, {args.layers}+{args.layers} layers, width {args.width}, batch "
         f"{args.batch}, clips '{args.lengths}' (audio {batch['audio_mel'].shape[-1]} frames, text "
-        f"{batch['input_ids'].shape[1]} tokens), jax {jax.__version__} on "
-        f"{jax.devices()[0].platform}, load average {os.getloadavg()[0]:.1f}")
+        f"{batch['input_ids'].shape[1]} tokens), {args.dtype}, jax {jax.__version__} on "
+        f"{jax.devices()[0].platform} ({jax.devices()[0].device_kind}), load average "
+        f"{os.getloadavg()[0]:.1f}")
   print(f"wall {1000 * untraced:.0f} ms per step ({1000 * traced:.0f} ms traced); thunks "
         f"{total:.0f} ms per step; trace in {trace_dir}")
   table("by part (ms per step):", parts, total)

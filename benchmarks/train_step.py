@@ -3,8 +3,13 @@
 Both sides train the whole model (stage-2 style with nothing frozen) on the same small
 Qwen2-Audio-shaped config (default: 4 encoder + 4 LLM layers, width 512) and the same batches
 (default: 4 rows, one clip each, ~128 text tokens of which the answer half are targets), in one
-run on this machine's CPU, float32 on both sides. One step is forward + backward + global-norm
-clipping + AdamW update:
+run on one device: this machine's CPU, or a GPU when JAX and torch both see one (torch's model
+and batches are moved there; each of its steps ends with `torch.cuda.synchronize()`). --dtype
+float32 (default) or bfloat16 compute on both sides, parameters and optimizer state float32 on
+both (ours: the model's `dtype`; torch: `torch.autocast`). float32 on a GPU lets both sides'
+matrix products use TF32 (`jax_default_matmul_precision='tensorfloat32'`,
+`torch.backends.cuda.matmul.allow_tf32`). One step is forward + backward + global-norm clipping +
+AdamW update:
 
   ours          `qwen_audio_jax.training.step.make_train_step`, jitted with the state donated;
                 each batch padded to its audio bucket (`audio.buckets`) and text bucket, the
@@ -22,12 +27,20 @@ ours and transformers alternating batch by batch, so load on a shared machine hi
 Prints the median per-step time of each side over all rounds and batches, steps/s, the ratio
 transformers / ours (> 1: we are faster), the load average, and how many cores each side kept
 busy (process CPU time over wall time: a side that does more work on as many cores, or the same
-work on fewer, tells itself apart here).
+work on fewer, tells itself apart here), and each side's model FLOP utilisation where the
+device's peak rate is known (`--peak-tflops`, or `peak_tflops`): model FLOPs are the matrix
+products the step needs at the clips' own lengths (the encoder over each clip's frames, the LLM
+over each row's real tokens, the vocabulary projection over the target positions; backward
+counted as twice forward; `model_flops`), the same number for both sides, so padding and
+recomputation count as lost time. (The trainer's MFU, `training/flops.py`, counts the padded
+shapes its step computes instead.)
 
     python benchmarks/train_step.py --lengths librispeech      # a few minutes
     python benchmarks/train_step.py --small                     # 1 + 1 layers, width 128: smoke
+    python benchmarks/train_step.py --dtype bfloat16 --layers 8 --width 1280 --batch 8  # a GPU
 """
 
+import dataclasses
 import os
 import statistics
 import sys
@@ -48,6 +61,7 @@ from qwen_audio_jax.audio import lengths  # noqa: E402
 from qwen_audio_jax.configs import common  # noqa: E402
 from qwen_audio_jax.data.batching import bucket_for  # noqa: E402
 from qwen_audio_jax.model.params import init_params  # noqa: E402
+from qwen_audio_jax.training import flops as flops_lib  # noqa: E402
 from qwen_audio_jax.training import optimizer as optimizer_lib  # noqa: E402
 from qwen_audio_jax.training import step as step_lib  # noqa: E402
 
@@ -81,6 +95,53 @@ def clip_lengths(kind: str, count: int, rng) -> np.ndarray:
   else:
     raise ValueError(f"--lengths: expected 30s, librispeech or demo, got {kind!r}")
   return np.minimum((seconds * lengths.SAMPLE_RATE).astype(np.int64), lengths.N_SAMPLES)
+
+
+def with_dtype(cfg, dtype: str):
+  """`cfg` computing in `dtype`; float32 on a GPU uses TF32 matrix products from here on (as
+  torch does with `allow_tf32`, set by `main` for the reference)."""
+  if jax.devices()[0].platform == "gpu" and dtype == "float32":
+    jax.config.update("jax_default_matmul_precision", "tensorfloat32")
+  return dataclasses.replace(cfg, dtype=dtype)
+
+
+def model_flops(cfg, batch) -> float:
+  """Matrix-product FLOPs of one train step on `batch` (a `make_batches` entry) at the clips' own
+  lengths: forward counted once, backward twice (weight and input gradients).
+
+  Encoder, per clip of F mel frames: conv1 (n_mels -> d, width 3) over F, conv2 (stride 2) over
+  F/2 = T positions, per layer 2T(4d^2 + 2d*mlp) + 4T^2*d for attention, the projection over the
+  T/2 pooled frames. LLM, per row of L real tokens: per layer the q/k/v/o and gated-MLP products
+  over L plus causal attention 2L^2 * heads * head_dim, and the vocabulary projection over the
+  target positions only (all the loss reads)."""
+  enc, llm = cfg.encoder, cfg.llm
+  flops = 0.0
+  for n in batch["samples"]:
+    frames = float(lengths.mel_frames(int(n)))
+    t = frames / 2
+    flops += 2 * frames * enc.n_mels * enc.width * 3 + 2 * t * enc.width * enc.width * 3
+    flops += enc.depth * (2 * t * (4 * enc.width ** 2 + 2 * enc.width * enc.mlp_dim)
+                          + 4 * t * t * enc.width)
+    flops += 2 * (t / 2) * enc.width * enc.output_dim
+  q_width, kv_width = llm.heads * llm.head_dim, llm.kv_heads * llm.head_dim
+  per_token = 2 * (2 * llm.width * q_width + 2 * llm.width * kv_width + 3 * llm.width * llm.mlp_dim)
+  for row in batch["real"]:
+    tokens = float(row.sum())
+    flops += llm.depth * (tokens * per_token + 2 * tokens * tokens * q_width)
+  flops += 2 * float(batch["target"].sum()) * llm.width * llm.vocab_size
+  return 3 * flops
+
+
+def peak_tflops(device_kind: str, dtype: str, override: float):
+  """--peak-tflops, else the datasheet's dense bf16 rate of the device (`training/flops.py`),
+  halved for float32: on the GPUs listed there TF32 matrix products run at half the bf16 rate.
+  None on CPUs."""
+  if override > 0:
+    return override
+  peak = flops_lib.peak_flops(device_kind)
+  if peak is None:
+    return None
+  return peak / 1e12 / (2 if dtype == "float32" else 1)
 
 
 def make_batches(kind: str, count: int, rows: int, text_tokens: int, vocab: int, seed: int = 0):
@@ -133,12 +194,23 @@ def main():
       f"{s:g}" for s in audio_buckets.DEFAULT_SECONDS), help="ours, seconds ('30': no buckets)")
   parser.add_argument("--small", action="store_true",
                       help="1 + 1 layers, width 128, batch 1, 1 round: a quick smoke run")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="compute dtype of both sides (parameters stay float32)")
+  parser.add_argument("--peak-tflops", type=float, default=0.0,
+                      help="the device's peak rate for --dtype, for MFU (0: by device name)")
   args = parser.parse_args()
   if args.small:
     args.layers, args.width, args.batch, args.iters, args.batches = 1, 128, 1, 1, 1
 
   from transformers import Qwen2AudioForConditionalGeneration
   ours_cfg, ref_cfg = configs(args.layers, args.width, args.vocab)
+  ours_cfg = with_dtype(ours_cfg, args.dtype)
+  platform = jax.devices()[0].platform
+  on_gpu = platform == "gpu" and torch.cuda.is_available()
+  device = torch.device("cuda" if on_gpu else "cpu")
+  if on_gpu and args.dtype == "float32":  # TF32 matrix products, as ours (`with_dtype`)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+  autocast_dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
   batches = make_batches(args.lengths, args.batches, args.batch, args.text_tokens, args.vocab)
   bucket_samples = audio_buckets.bucket_samples(float(s) for s in args.audio_buckets.split(","))
 
@@ -158,7 +230,7 @@ def main():
 
   # ----- reference
   torch.manual_seed(0)
-  reference = Qwen2AudioForConditionalGeneration(ref_cfg).float().train()
+  reference = Qwen2AudioForConditionalGeneration(ref_cfg).float().to(device).train()
   no_decay = [p for n, p in reference.named_parameters() if n.endswith("bias") or "norm" in n]
   decay = [p for n, p in reference.named_parameters() if not (n.endswith("bias") or "norm" in n)]
   adamw = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
@@ -170,15 +242,20 @@ def main():
     labels = torch.where(torch.from_numpy(b["target"]), ids_t, torch.full_like(ids_t, -100))
     frames = torch.arange(lengths.N_FRAMES)[None] < torch.from_numpy(
         lengths.mel_frames(b["samples"]))[:, None]
-    ref_inputs.append(dict(input_ids=ids_t, attention_mask=torch.from_numpy(b["real"]).long(),
-                           input_features=torch.from_numpy(b["mel"]),
-                           feature_attention_mask=frames.long(), labels=labels))
+    inputs = dict(input_ids=ids_t, attention_mask=torch.from_numpy(b["real"]).long(),
+                  input_features=torch.from_numpy(b["mel"]), feature_attention_mask=frames.long(),
+                  labels=labels)
+    ref_inputs.append({k: v.to(device) for k, v in inputs.items()})
 
   def reference_step(i):
     adamw.zero_grad(set_to_none=True)
-    reference(**ref_inputs[i]).loss.backward()
+    with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+      loss = reference(**ref_inputs[i]).loss
+    loss.backward()
     torch.nn.utils.clip_grad_norm_(reference.parameters(), CLIP)
     adamw.step()
+    if on_gpu:
+      torch.cuda.synchronize()
 
   for i in range(len(batches)):  # warm-up: compile every shape, first torch allocations
     ours_step(i)
@@ -200,18 +277,28 @@ def main():
   seconds = np.concatenate([b["samples"] for b in batches]) / lengths.SAMPLE_RATE
   used = sorted({int(b["audio_mel"].shape[-1]) * lengths.HOP_LENGTH // lengths.SAMPLE_RATE
                  for b in ours_batches})
+  device_name = jax.devices()[0].device_kind
   print(f"config: {args.layers}+{args.layers} layers, width {args.width}, vocab {args.vocab}, "
         f"{args.batches} batches of {args.batch} rows, clips '{args.lengths}' (mean "
         f"{seconds.mean():.1f} s, max {seconds.max():.1f} s; our audio buckets {used} s), "
-        f"{args.text_tokens} text tokens per row; jax {jax.__version__} on "
-        f"{jax.devices()[0].platform}, torch {torch.__version__} ({torch.get_num_threads()} "
-        f"threads), float32; load average {min(loads):.1f}-{max(loads):.1f}")
+        f"{args.text_tokens} text tokens per row; jax {jax.__version__} on {platform} "
+        f"({device_name}), torch {torch.__version__} on {device.type} "
+        f"({torch.get_num_threads()} threads), {args.dtype}; load average "
+        f"{min(loads):.1f}-{max(loads):.1f}")
   print(f"train step  ours {1000 * ours:9.1f} ms ({1 / ours:6.3f} steps/s)   "
         f"transformers {1000 * theirs:9.1f} ms ({1 / theirs:6.3f} steps/s)   "
         f"ratio {theirs / ours:5.2f}x")
   print(f"cores busy (process CPU time / wall time, median)  ours "
         f"{statistics.median(busy['ours']):.2f}   transformers "
         f"{statistics.median(busy['transformers']):.2f}")
+  flops = statistics.mean(model_flops(ours_cfg, b) for b in batches)
+  peak = peak_tflops(device_name, args.dtype, args.peak_tflops)
+  line = f"model FLOPs per step {flops / 1e12:.3f} TFLOP: ours {flops / ours / 1e12:.2f} TFLOP/s, " \
+         f"transformers {flops / theirs / 1e12:.2f} TFLOP/s"
+  if peak:
+    line += (f"; MFU against {peak:g} TFLOP/s ours {100 * flops / ours / 1e12 / peak:.1f}%, "
+             f"transformers {100 * flops / theirs / 1e12 / peak:.1f}%")
+  print(line)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,9 @@ def resolve_impl(impl: str, dtype=jnp.float32) -> str:
   """'auto' -> the fastest implementation for this platform and compute dtype (trace time).
 
   CPU: 'flash' (measured: benchmarks/attention.py); GPU: 'cudnn' (the fused flash kernel) for
-  16-bit inputs, which it requires, else 'xla'; elsewhere (TPU): 'xla' (not measured here).
+  16-bit inputs, which it requires, else 'xla' (measured on an H200 in bf16 at the release's
+  sizes: cudnn 2.3-2.4x faster than xla fwd+bwd, 'flash' 0.2-0.7x xla); elsewhere (TPU): 'xla'
+  (not measured here).
   The platform is the one compiled for (`sharding.compile_platform`: a virtual TPU slice
   planned from a CPU host gets the TPU choice).
   """
