@@ -31,8 +31,8 @@ from qwen_audio_jax.model.flash_attention import flash_attention
 def inputs(shape: str, full: bool = False, dtype=jnp.float32):
   keys = jax.random.split(jax.random.key(0), 4)
   if shape == "encoder":
-    batch, length, heads, kv_heads, head_dim = 4, 1500, (20 if full else 8), None, 64
-    kv_heads = heads
+    batch, length, head_dim = 4, 1500, 64
+    heads = kv_heads = 20 if full else 8
     valid = jnp.arange(length)[None] < jnp.asarray([[1500], [1000], [500], [250]])
     mask = attention.key_padding_mask(valid, length)
   else:

@@ -23,7 +23,10 @@ thunk; XLA:CPU runs independent thunks on its threads at once, so their sum can 
 step's wall time, and tracing itself slows the step (the wall time is printed with and without).
 On a GPU the thunks are the device's kernels, each credited to the HLO instruction that launched
 it (the trace's `hlo_op`), and run one after another on the stream: their sum against the wall
-time says how long the GPU waits for the host (launches, the Python loop).
+time says how long the GPU waits for the host (launches, the Python loop). XLA:GPU replays runs
+of kernels as command buffers (CUDA graphs), credited as a whole to `command_buffer_N`; for the
+parts, turn them off (`XLA_FLAGS=--xla_gpu_enable_command_buffer=`), which also shows what the
+launches cost without them.
 """
 
 import argparse
@@ -106,8 +109,9 @@ def thunk_times(trace_dir: str, steps: int):
   paths = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
   if not paths:
     raise SystemExit(f"no *.xplane.pb trace under {trace_dir}")
+  planes = ProfileData.from_file(max(paths, key=os.path.getmtime)).planes
   times = collections.Counter()
-  for plane in ProfileData.from_file(max(paths, key=os.path.getmtime)).planes:
+  for plane in planes:
     gpu = plane.name.startswith("/device:GPU")
     for line in plane.lines:
       # XLA:CPU's client threads; a GPU's streams (not its derived summary lines).
@@ -119,8 +123,7 @@ def thunk_times(trace_dir: str, steps: int):
         name = dict(event.stats).get("hlo_op", event.name) if gpu else event.name
         times[name] += event.duration_ns / 1e6 / steps
   if not times:
-    lines = [f"{plane.name}: {[line.name for line in plane.lines]}"
-             for plane in ProfileData.from_file(max(paths, key=os.path.getmtime)).planes]
+    lines = [f"{plane.name}: {[line.name for line in plane.lines]}" for plane in planes]
     raise SystemExit("no XLA thunk or GPU kernel events in the trace; its planes and lines:\n"
                      + "\n".join(lines))
   return times
