@@ -107,29 +107,21 @@ def with_dtype(cfg, dtype: str):
 
 def model_flops(cfg, batch) -> float:
   """Matrix-product FLOPs of one train step on `batch` (a `make_batches` entry) at the clips' own
-  lengths: forward counted once, backward twice (weight and input gradients).
-
-  Encoder, per clip of F mel frames: conv1 (n_mels -> d, width 3) over F, conv2 (stride 2) over
-  F/2 = T positions, per layer 2T(4d^2 + 2d*mlp) + 4T^2*d for attention, the projection over the
-  T/2 pooled frames. LLM, per row of L real tokens: per layer the q/k/v/o and gated-MLP products
-  over L plus causal attention 2L^2 * heads * head_dim, and the vocabulary projection over the
-  target positions only (all the loss reads)."""
-  enc, llm = cfg.encoder, cfg.llm
-  flops = 0.0
-  for n in batch["samples"]:
-    frames = float(lengths.mel_frames(int(n)))
-    t = frames / 2
-    flops += 2 * frames * enc.n_mels * enc.width * 3 + 2 * t * enc.width * enc.width * 3
-    flops += enc.depth * (2 * t * (4 * enc.width ** 2 + 2 * enc.width * enc.mlp_dim)
-                          + 4 * t * t * enc.width)
-    flops += 2 * (t / 2) * enc.width * enc.output_dim
-  q_width, kv_width = llm.heads * llm.head_dim, llm.kv_heads * llm.head_dim
-  per_token = 2 * (2 * llm.width * q_width + 2 * llm.width * kv_width + 3 * llm.width * llm.mlp_dim)
+  lengths, everything trained (forward once, backward twice): the trainer's count
+  (`training/flops.py`) per clip at its own mel frames for the encoder, and per row of L real
+  tokens for the LLM blocks, with causal attention counted as 2 L^2 * heads * head_dim (the
+  half that is computed) and the vocabulary projection over the target positions only (all the
+  loss reads)."""
+  llm = cfg.llm
+  everything = flops_lib.TrainedParts(audio=True, encoder_body=True, llm=True)
+  flops = sum(flops_lib.step_flops(cfg, rows=1, text_length=0, audio_slots=1, trained=everything,
+                                   audio_frames=int(lengths.mel_frames(int(n))))["encoder"]
+              for n in batch["samples"])
+  blocks = flops_lib.llm_weight_entries(cfg) - llm.width * llm.vocab_size
   for row in batch["real"]:
     tokens = float(row.sum())
-    flops += llm.depth * (tokens * per_token + 2 * tokens * tokens * q_width)
-  flops += 2 * float(batch["target"].sum()) * llm.width * llm.vocab_size
-  return 3 * flops
+    flops += 3 * (2 * tokens * blocks + llm.depth * 2 * tokens ** 2 * llm.heads * llm.head_dim)
+  return flops + 3 * 2 * float(batch["target"].sum()) * llm.width * llm.vocab_size
 
 
 def peak_tflops(device_kind: str, dtype: str, override: float):
