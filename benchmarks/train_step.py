@@ -267,12 +267,13 @@ def main():
   ours, theirs = statistics.median(ours_times), statistics.median(ref_times)
 
   seconds = np.concatenate([b["samples"] for b in batches]) / lengths.SAMPLE_RATE
-  used = sorted({int(b["audio_mel"].shape[-1]) * lengths.HOP_LENGTH // lengths.SAMPLE_RATE
-                 for b in ours_batches})
+  used = ", ".join(f"{s:g}" for s in sorted(
+      {int(b["audio_mel"].shape[-1]) * lengths.HOP_LENGTH / lengths.SAMPLE_RATE
+       for b in ours_batches}))
   device_name = jax.devices()[0].device_kind
   print(f"config: {args.layers}+{args.layers} layers, width {args.width}, vocab {args.vocab}, "
         f"{args.batches} batches of {args.batch} rows, clips '{args.lengths}' (mean "
-        f"{seconds.mean():.1f} s, max {seconds.max():.1f} s; our audio buckets {used} s), "
+        f"{seconds.mean():.1f} s, max {seconds.max():.1f} s; our audio buckets [{used}] s), "
         f"{args.text_tokens} text tokens per row; jax {jax.__version__} on {platform} "
         f"({device_name}), torch {torch.__version__} on {device.type} "
         f"({torch.get_num_threads()} threads), {args.dtype}; load average "

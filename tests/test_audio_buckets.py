@@ -18,7 +18,7 @@ from qwen_audio_jax.model.encoder import AudioEncoder
 from qwen_audio_jax.model.params import init_params
 from qwen_audio_jax.model.qwen_audio import QwenAudio
 
-SAMPLES = buckets.bucket_samples(buckets.DEFAULT_SECONDS)  # 5, 10, 15, 20, 30 s
+SAMPLES = buckets.bucket_samples((5.0, 10.0, 15.0, 20.0, 30.0))
 FIVE = 5 * lengths.SAMPLE_RATE
 # m = L // 160 mel frames. 498 (even): the last valid encoder frame reads frame 498; 497 (odd):
 # 2T = 498 exceeds the clip's mel length by one frame and frame 498 is read too.
@@ -38,6 +38,10 @@ def test_bucket_is_the_smallest_that_holds_every_frame_the_encoder_reads():
   assert buckets.batch_bucket([], SAMPLES) == FIVE
   with pytest.raises(ValueError, match="longer than the 30 s window"):
     buckets.audio_bucket_for(lengths.N_SAMPLES + 1, SAMPLES)
+  # The default grid: a 5.0-7.48 s clip takes the 7.5 s bucket, 20-25 s the 25 s one.
+  default = buckets.bucket_samples(buckets.DEFAULT_SECONDS)
+  assert buckets.audio_bucket_for(EVEN_EDGE + 1, default) == 7.5 * lengths.SAMPLE_RATE
+  assert buckets.audio_bucket_for(22 * lengths.SAMPLE_RATE, default) == 25 * lengths.SAMPLE_RATE
 
 
 @pytest.mark.parametrize("seconds,message", [
