@@ -56,8 +56,8 @@ def test_kept_columns_loss_and_gradients_equal_the_full_vocabulary():
     np.testing.assert_allclose(np.asarray(got[key]), np.asarray(want[key]), rtol=1e-5,
                                atol=1e-5, err_msg=key)
   # Every column's gradient is the full model's, the tied ones included (and all equal).
-  grad_full = jax.grad(lambda h: full(h)["loss_sum"])(head)
-  grad_kept = jax.grad(lambda h: restricted(h)["loss_sum"])(head)
+  grad_full = jax.grad(lambda h: full(h)["objective"])(head)
+  grad_kept = jax.grad(lambda h: restricted(h)["objective"])(head)
   np.testing.assert_allclose(np.asarray(grad_kept), np.asarray(grad_full), rtol=1e-4, atol=1e-6)
   tied = np.asarray(grad_kept)[:, outside]
   assert np.abs(tied).max() > 0 and np.all(tied == tied[:, :1])
@@ -77,7 +77,7 @@ def test_optimizer_steps_keep_the_tied_columns_equal():
   tx = optax.chain(optax.clip_by_global_norm(0.1), optax.adamw(1e-2, weight_decay=0.1))
   state = tx.init(head)
   loss = jax.jit(jax.value_and_grad(lambda h: loss_lib.chunked_loss_sums(
-      hidden, output_vocab.kept_columns(h, vocab), batch, TASKS, 5, vocab)["loss_sum"]))
+      hidden, output_vocab.kept_columns(h, vocab), batch, TASKS, 5, vocab)["objective"]))
   losses = []
   for _ in range(5):
     value, grad = loss(head)

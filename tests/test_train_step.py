@@ -189,9 +189,38 @@ def test_chunked_loss_equals_full_logits_loss(params, chunk_length):
   for k in want:
     np.testing.assert_allclose(got[k], want[k], rtol=1e-5, err_msg=k)
   # Gradients through the chunked scan (hidden states and the head) equal the full ones.
-  grad = lambda f: jax.grad(lambda h, w: f(h, dict(batch, head=w))["loss_sum"], (0, 1))  # noqa
-  for a, b in zip(grad(full)(hidden, batch["head"]), grad(chunked)(hidden, batch["head"])):
+  grad = lambda f, key: jax.grad(lambda h, w: f(h, dict(batch, head=w))[key], (0, 1))  # noqa
+  for a, b in zip(grad(full, "loss_sum")(hidden, batch["head"]),
+                  grad(chunked, "objective")(hidden, batch["head"])):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("z_loss_weight", [0.0, 0.25])
+def test_chunked_loss_gradient_formed_in_the_forward_equals_autodiff(params, z_loss_weight):
+  """The objective's gradients (formed chunk by chunk in the forward pass) equal autodiff of the
+  full logits, for the hidden states and the head together or alone (a frozen head: only the
+  hidden states are perturbed), and asking for the gradient of another sum is refused."""
+  batch = make_batch()
+  batch["segment_ids"][2, 33:] = 0
+  hidden = jax.random.normal(jax.random.key(5), (4, 40, 96))
+  head = params["llm"]["lm_head"]
+
+  def full(h, w):
+    sums = loss_lib.loss_sums(project_to_vocab(h, w), batch, 2)
+    return sums["loss_sum"] + z_loss_weight * sums["z_loss_sum"]
+
+  def chunked(h, w):
+    return loss_lib.chunked_loss_sums(h, w, batch, 2, 16, z_loss_weight=z_loss_weight)[
+        "objective"]
+
+  np.testing.assert_allclose(jax.jit(chunked)(hidden, head), full(hidden, head), rtol=1e-5)
+  want = jax.grad(full, (0, 1))(hidden, head)
+  for argnums in [(0, 1), (0,), (1,)]:
+    got = jax.jit(jax.grad(chunked, argnums))(hidden, head)
+    for index, g in zip(argnums, got):
+      np.testing.assert_allclose(g, want[index], rtol=1e-4, atol=1e-6, err_msg=str(argnums))
+  with pytest.raises(ValueError, match="only 'objective' has a gradient, got one for 'loss_sum'"):
+    jax.grad(lambda h: loss_lib.chunked_loss_sums(h, head, batch, 2, 16)["loss_sum"])(hidden)
 
 
 def test_chunked_loss_projects_only_chunks_that_hold_targets(params):
@@ -203,7 +232,7 @@ def test_chunked_loss_projects_only_chunks_that_hold_targets(params):
   poisoned = hidden.at[:, :32].set(jnp.nan)
   full = jax.jit(lambda h, w: loss_lib.loss_sums(project_to_vocab(h, w), batch, 2)["loss_sum"])
   chunked = jax.jit(
-      lambda h, w: loss_lib.chunked_loss_sums(h, w, batch, 2, 7)["loss_sum"])
+      lambda h, w: loss_lib.chunked_loss_sums(h, w, batch, 2, 7)["objective"])
   np.testing.assert_allclose(chunked(poisoned, head), full(hidden, head), rtol=1e-5)
   (gh, gw), (fh, fw) = jax.grad(chunked, (0, 1))(poisoned, head), jax.grad(full, (0, 1))(
       hidden, head)

@@ -14,8 +14,8 @@ planner adds the difference to XLA's FLOPs and scales XLA's bytes and time by th
 (`LoopCounts.scale_of`): memory traffic is assumed to repeat like the FLOPs. A loop whose count
 cannot be read is counted once and reported. A conditional counts its costliest branch: the
 chunked loss skips chunks without targets at run time, so a plan counts every chunk (the worst
-case). Recomputation is real work and is counted: rematerialised layers, and the loss's backward
-recomputing each chunk's logits, are why a plan's FLOPs exceed the analytic model FLOPs.
+case). Recomputation is real work and is counted: rematerialised layers are why a plan's FLOPs
+exceed the analytic model FLOPs (with the loss's chunks that hold no target).
 """
 
 import dataclasses

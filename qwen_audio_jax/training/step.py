@@ -144,11 +144,12 @@ def padding_fractions(batch) -> Dict[str, jax.Array]:
 
 
 def _loss_sums(model, params, batch, mel, *, train: bool, num_tasks: int, chunk_length: int,
-               vocab=None, token_embeds=None, head=None):
-  """Forward pass and loss sums; with `chunk_length` > 0 the full logits are never formed; with
-  `vocab` (training.output_vocab) the logits are those of its kept tokens only. `token_embeds`
-  and `head` (its kept columns, with `vocab`) replace what the tables of `params` give
-  (training.vocab_rows)."""
+               vocab=None, token_embeds=None, head=None, z_loss_weight: float = 0.0):
+  """Forward pass and loss sums, with 'objective' = loss_sum + z_loss_weight * z_loss_sum (what
+  the train step differentiates); with `chunk_length` > 0 the full logits are never formed;
+  with `vocab` (training.output_vocab) the logits are those of its kept tokens only.
+  `token_embeds` and `head` (its kept columns, with `vocab`) replace what the tables of `params`
+  give (training.vocab_rows)."""
   if vocab is not None and chunk_length <= 0:
     chunk_length = batch["input_ids"].shape[1]  # one chunk: the kept logits are small
   audio = {}
@@ -164,8 +165,10 @@ def _loss_sums(model, params, batch, mel, *, train: bool, num_tasks: int, chunk_
         head = output_head(params["llm"], model.config)
         if vocab is not None:
           head = output_vocab_lib.kept_columns(head, vocab)
-      return loss_lib.chunked_loss_sums(out, head, batch, num_tasks, chunk_length, vocab)
-    return loss_lib.loss_sums(out, batch, num_tasks)
+      return loss_lib.chunked_loss_sums(out, head, batch, num_tasks, chunk_length, vocab,
+                                        z_loss_weight)
+    sums = loss_lib.loss_sums(out, batch, num_tasks)
+    return dict(sums, objective=sums["loss_sum"] + z_loss_weight * sums["z_loss_sum"])
 
 
 def _micro_batches(batch: Dict[str, jax.Array], k: int) -> Dict[str, jax.Array]:
@@ -224,8 +227,9 @@ def make_train_step(config, model_config, optimizer: optimizer_lib.Optimizer):
     mel = audio_features(micro, n_mels, key, augment)
     sums = _loss_sums(model, params, micro, mel, train=True, num_tasks=num_tasks,
                       chunk_length=chunk_length, vocab=vocab, token_embeds=token_embeds,
-                      head=head)
-    return sums["loss_sum"] + z_weight * sums["z_loss_sum"], sums
+                      head=head, z_loss_weight=z_weight)
+    sums = dict(sums)
+    return sums.pop("objective"), sums
 
   grad_fn = jax.grad(objective, has_aux=True)
 
@@ -314,6 +318,6 @@ def make_eval_step(config, model_config):
     mel = audio_features(batch, n_mels, None)
     sums = _loss_sums(model, params, batch, mel, train=False, num_tasks=num_tasks,
                       chunk_length=chunk_length, vocab=vocab)
-    return {k: v for k, v in sums.items() if k != "z_loss_sum"}
+    return {k: v for k, v in sums.items() if k not in ("z_loss_sum", "objective")}
 
   return eval_step
