@@ -227,12 +227,14 @@ def _attention_bwd(causal, scale, block_q, block_k, keys_only, residuals, d_out)
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
 
-# Measured on CPU (benchmarks/attention.py, 2 cores): the causal LLM shape [4, 1024, 8 (2 KV),
-# 64] is fastest at 256 x 128 tiles; the encoder's bidirectional shape is fastest with all
-# queries in one tile and every key block computed (a cond per tile pair and query tiling cost
-# more there than they save: only key tiles padded in every clip could be skipped).
-DEFAULT_BLOCK_Q = 256
-DEFAULT_BLOCK_K = 128
+# Measured on CPU (`benchmarks/attention.py --iters 5 --blocks ...`, 2 cores, fwd+bwd): the causal
+# LLM shape [4, 1024, 8 (2 KV), 64] is fastest at 128 x 256 tiles (202 ms; 256 x 128: 237,
+# 128 x 128: 228, 128 x 512: 242); the encoder's bidirectional shape [4, 1500, 8, 64] is
+# fastest with all queries in one tile, every key block computed (a cond per tile pair and
+# query tiling cost more there than they save: only key tiles padded in every clip could be
+# skipped), and key blocks of 256-384 (711 / 698 ms; 128: 823, 512: 721).
+DEFAULT_BLOCK_Q = 128
+DEFAULT_BLOCK_K = 256
 
 
 def flash_attention(query, key, value, q_segments, kv_segments, q_index, kv_index, *,
