@@ -80,6 +80,11 @@ def _sums(logits, labels, valid, task_ids, num_tasks: int, vocab=None) -> Dict[s
   }
 
 
+def objective(sums: Dict[str, jax.Array], z_loss_weight: float) -> jax.Array:
+  """What training minimises (before dividing by the target tokens): loss + z-loss sums."""
+  return sums["loss_sum"] + z_loss_weight * sums["z_loss_sum"]
+
+
 def loss_sums(logits: jax.Array, batch: Dict[str, jax.Array], num_tasks: int
               ) -> Dict[str, jax.Array]:
   """Sums over the batch's target tokens: loss, log(Z)^2, correct predictions, per task too."""
@@ -127,7 +132,7 @@ def _chunk_scan(hidden, head, labels, valid, task_ids, longest, *, num_tasks, ch
   gradients are zero."""
   def objective_and_sums(logits, y, v, t):
     sums = _sums(logits, y, v, t, num_tasks, vocab)
-    return sums["loss_sum"] + z_loss_weight * sums["z_loss_sum"], sums
+    return objective(sums, z_loss_weight), sums
 
   def compute(args):
     (h, y, v, t), head_grad = args
@@ -160,7 +165,7 @@ def _chunk_scan(hidden, head, labels, valid, task_ids, longest, *, num_tasks, ch
   (totals, head_grad), hidden_grad = jax.lax.scan(
       body, (zero[0], head_grad),
       (jnp.arange(hidden.shape[0]), (hidden, labels, valid, task_ids)))
-  totals["objective"] = totals["loss_sum"] + z_loss_weight * totals["z_loss_sum"]
+  totals["objective"] = objective(totals, z_loss_weight)
   return totals, hidden_grad, head_grad
 
 

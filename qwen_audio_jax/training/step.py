@@ -168,7 +168,7 @@ def _loss_sums(model, params, batch, mel, *, train: bool, num_tasks: int, chunk_
       return loss_lib.chunked_loss_sums(out, head, batch, num_tasks, chunk_length, vocab,
                                         z_loss_weight)
     sums = loss_lib.loss_sums(out, batch, num_tasks)
-    return dict(sums, objective=sums["loss_sum"] + z_loss_weight * sums["z_loss_sum"])
+    return dict(sums, objective=loss_lib.objective(sums, z_loss_weight))
 
 
 def _micro_batches(batch: Dict[str, jax.Array], k: int) -> Dict[str, jax.Array]:
